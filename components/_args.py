@@ -1,0 +1,66 @@
+"""Validation shared by the components' typed args.
+
+Args are checked at construction, before any child resource exists, so a bad value fails the
+preview with a message that names the field; stacks translate the field into the config key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class InvalidArgs(ValueError):
+    """A component argument that cannot work; `field` names the dataclass field."""
+
+    def __init__(self, component: str, field: str, message: str):
+        self.component = component
+        self.field = field
+        self.message = message
+        super().__init__(f"{component}: {field}: {message}")
+
+
+def require(component: str, field: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise InvalidArgs(component, field, message)
+
+
+def require_text(component: str, field: str, value: Any) -> None:
+    require(component, field, isinstance(value, str) and value.strip() != "", f"must be a non-empty string, got {value!r}")
+
+
+def require_positive(component: str, field: str, value: Any) -> None:
+    require(
+        component,
+        field,
+        isinstance(value, int | float) and not isinstance(value, bool) and value > 0,
+        f"must be a positive number, got {value!r}",
+    )
+
+
+def require_between(component: str, field: str, value: Any, low: float, high: float) -> None:
+    require(
+        component,
+        field,
+        isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high,
+        f"must be between {low} and {high}, got {value!r}",
+    )
+
+
+def require_choice(component: str, field: str, value: Any, choices: Iterable[str], hint: str = "") -> None:
+    known = sorted(set(choices))
+    if value not in known:
+        shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
+        raise InvalidArgs(component, field, f"{value!r} is not one of: {shown}{hint}")
+
+
+def require_min_max(component: str, low_field: str, low: int, high_field: str, high: int) -> None:
+    require_positive(component, high_field, high)
+    require(component, low_field, isinstance(low, int) and low >= 0, f"must be a whole number >= 0, got {low!r}")
+    require(component, low_field, low <= high, f"({low}) must not exceed {high_field} ({high})")
+
+
+def merge_tags(base: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    tags = dict(base)
+    tags.update(extra or {})
+    return tags

@@ -1,0 +1,1 @@
+"""Shared fixtures. The Pulumi harness lives in tests/pulumi_harness.py."""
