@@ -6,6 +6,7 @@ preview with a message that names the field; stacks translate the field into the
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -51,7 +52,9 @@ def require_choice(component: str, field: str, value: Any, choices: Iterable[str
     known = sorted(set(choices))
     if value not in known:
         shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all)" if len(known) > 12 else "")
-        raise InvalidArgs(component, field, f"{value!r} is not one of: {shown}{hint}")
+        close = difflib.get_close_matches(str(value), known, n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InvalidArgs(component, field, f"{value!r} is not one of: {shown}{guess}{hint}")
 
 
 def require_min_max(component: str, low_field: str, low: int, high_field: str, high: int) -> None:

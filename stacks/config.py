@@ -7,6 +7,7 @@ the value, what is wrong and the `pulumi config set` that fixes it.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -49,7 +50,9 @@ class StackConfig:
         if choices is not None and value not in choices:
             known = sorted(choices)
             shown = ", ".join(known[:15]) + (f", ... ({len(known)} in all)" if len(known) > 15 else "")
-            raise ConfigError(self.key(name), value, f"is not one of: {shown}")
+            close = difflib.get_close_matches(value, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(self.key(name), value, f"is not one of: {shown}{hint}")
         return value
 
     def integer(self, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -39,6 +39,9 @@ class Resource:
     custom: bool
     urn: str = ""
     state: dict[str, Any] = field(default_factory=dict)
+    # Input paths ("primaryContainer", "environment.HF_TOKEN") whose value was a Pulumi secret; the
+    # values in `inputs` are unwrapped.
+    secret_paths: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -172,7 +175,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             from pulumi.runtime import rpc
 
-            inputs = _sync_await(_deserialize(rpc, request.object))
+            secret_paths: set[str] = set()
+            inputs = _unwrap_secrets(rpc, _sync_await(_deserialize(rpc, request.object)), "", secret_paths)
             self.recorded.append(
                 Resource(
                     type=request.type,
@@ -181,6 +185,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     parent=request.parent,
                     custom=bool(request.custom),
                     urn=response.urn,
+                    secret_paths=secret_paths,
                 )
             )
         return response
@@ -188,6 +193,17 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
 
 async def _deserialize(rpc, obj):
     return rpc.deserialize_properties(obj)
+
+
+def _unwrap_secrets(rpc, value: Any, path: str, secret_paths: set[str]) -> Any:
+    if rpc.is_rpc_secret(value):
+        secret_paths.add(path)
+        return _unwrap_secrets(rpc, rpc.unwrap_rpc_secret(value), path, secret_paths)
+    if isinstance(value, dict):
+        return {k: _unwrap_secrets(rpc, v, f"{path}.{k}" if path else k, secret_paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap_secrets(rpc, v, f"{path}[{i}]", secret_paths) for i, v in enumerate(value)]
+    return value
 
 
 def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, str], list[str]]:

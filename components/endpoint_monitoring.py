@@ -1,0 +1,246 @@
+"""Alarms and a dashboard for an LLM endpoint on SageMaker and its gateway's metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi_aws import cloudwatch, sns
+
+from components._args import require, require_between, require_positive, require_text
+from components.aws_common import METRICS_DIMENSION, METRICS_NAMESPACE
+
+_COMPONENT = "EndpointMonitoring"
+
+
+@dataclass(frozen=True)
+class EndpointMonitoringArgs:
+    endpoint_name: pulumi.Input[str]
+    region: str
+    price_per_hour: float
+    max_instances: int
+    slo_latency_p95_ms: int = 2000
+    slo_latency_p99_ms: int = 4000
+    # Share of invocations answered with a 5xx that pages (percent over 5 minutes).
+    error_rate_percent: float = 1.0
+    variant_name: str = "AllTraffic"
+    metrics_namespace: str = METRICS_NAMESPACE
+    alarm_email: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        require_text(_COMPONENT, "region", self.region)
+        require_positive(_COMPONENT, "price_per_hour", self.price_per_hour)
+        require_positive(_COMPONENT, "max_instances", self.max_instances)
+        require_positive(_COMPONENT, "slo_latency_p95_ms", self.slo_latency_p95_ms)
+        require_positive(_COMPONENT, "slo_latency_p99_ms", self.slo_latency_p99_ms)
+        require(_COMPONENT, "slo_latency_p99_ms", self.slo_latency_p99_ms >= self.slo_latency_p95_ms,
+                f"({self.slo_latency_p99_ms}) must not be below slo_latency_p95_ms ({self.slo_latency_p95_ms})")
+        require_between(_COMPONENT, "error_rate_percent", self.error_rate_percent, 0.01, 100)
+        if self.alarm_email:
+            require(_COMPONENT, "alarm_email", "@" in self.alarm_email and " " not in self.alarm_email,
+                    f"{self.alarm_email!r} is not an email address")
+
+
+def _variant_metric(endpoint: str, variant: str, name: str, stat: str) -> dict:
+    return {
+        "namespace": "AWS/SageMaker",
+        "metric_name": name,
+        "period": 60,
+        "stat": stat,
+        "dimensions": {"EndpointName": endpoint, "VariantName": variant},
+    }
+
+
+def instance_count_queries(endpoint: str, variant: str) -> list[dict]:
+    """Instances in service = invocations / invocations per instance (SageMaker publishes no count)."""
+    return [
+        {"id": "invocations", "metric": _variant_metric(endpoint, variant, "Invocations", "Sum"), "return_data": False},
+        {
+            "id": "per_instance",
+            "metric": _variant_metric(endpoint, variant, "InvocationsPerInstance", "Sum"),
+            "return_data": False,
+        },
+        {"id": "instances", "expression": "invocations / per_instance", "label": "Instances in service", "return_data": True},
+    ]
+
+
+def error_rate_queries(endpoint: str, variant: str) -> list[dict]:
+    return [
+        {"id": "errors", "metric": _variant_metric(endpoint, variant, "Invocation5XXErrors", "Sum"), "return_data": False},
+        {"id": "invocations", "metric": _variant_metric(endpoint, variant, "Invocations", "Sum"), "return_data": False},
+        {
+            "id": "error_rate",
+            "expression": "100 * FILL(errors, 0) / IF(FILL(invocations, 0) > 0, invocations, 1)",
+            "label": "5xx responses (% of invocations)",
+            "return_data": True,
+        },
+    ]
+
+
+def dashboard_body(args: EndpointMonitoringArgs, endpoint: str) -> str:
+    """CloudWatch dashboard JSON: tokens/s, TTFT p50/p95, cost per 1k tokens, instances, errors, latency."""
+    ns, dim, variant = args.metrics_namespace, METRICS_DIMENSION, args.variant_name
+    sm = ["AWS/SageMaker", "Invocations", "EndpointName", endpoint, "VariantName", variant]
+
+    def widget(x: int, y: int, title: str, metrics: list, stat: str = "Sum", **extra) -> dict:
+        props = {"title": title, "region": args.region, "metrics": metrics, "period": 60, "stat": stat, "view": "timeSeries"}
+        props.update(extra)
+        return {"type": "metric", "x": x, "y": y, "width": 12, "height": 6, "properties": props}
+
+    widgets = [
+        widget(0, 0, "Output tokens/s", [
+            [ns, "CompletionTokens", dim, endpoint, {"id": "tokens", "visible": False}],
+            [{"expression": "tokens / 60", "label": "tokens/s", "id": "tps"}],
+        ]),
+        widget(12, 0, "TTFT (ms, at the gateway)", [
+            [ns, "TTFTMs", dim, endpoint, {"stat": "p50", "label": "p50"}],
+            [ns, "TTFTMs", dim, endpoint, {"stat": "p95", "label": "p95"}],
+        ], stat="p50"),
+        widget(0, 6, "Cost per 1k output tokens (USD)", [
+            [ns, "CompletionTokens", dim, endpoint, {"id": "tokens", "visible": False}],
+            [*sm, {"id": "invocations", "visible": False}],
+            ["AWS/SageMaker", "InvocationsPerInstance", "EndpointName", endpoint, "VariantName", variant,
+             {"id": "per_instance", "visible": False}],
+            # fleet $/h / (tokens/s * 3600) * 1000, with the fleet = instances in service
+            [{"expression": f"{args.price_per_hour} * (invocations / per_instance) / ((tokens / 60) * 3.6)",
+              "label": "fleet cost per 1k tokens", "id": "cost"}],
+            [ns, "CostPer1kTokensUSD", dim, endpoint, {"stat": "Average", "label": "per request (gateway)"}],
+        ]),
+        widget(12, 6, "Instances in service", [
+            [*sm, {"id": "invocations", "visible": False}],
+            ["AWS/SageMaker", "InvocationsPerInstance", "EndpointName", endpoint, "VariantName", variant,
+             {"id": "per_instance", "visible": False}],
+            [{"expression": "invocations / per_instance", "label": "instances", "id": "instances"}],
+        ], annotations={"horizontal": [{"label": "max", "value": args.max_instances}]}),
+        widget(0, 12, "Errors", [
+            ["AWS/SageMaker", "Invocation4XXErrors", "EndpointName", endpoint, "VariantName", variant],
+            ["AWS/SageMaker", "Invocation5XXErrors", "EndpointName", endpoint, "VariantName", variant],
+            ["AWS/SageMaker", "InvocationModelErrors", "EndpointName", endpoint, "VariantName", variant],
+        ]),
+        widget(12, 12, "Model latency (ms)", [
+            ["AWS/SageMaker", "ModelLatency", "EndpointName", endpoint, "VariantName", variant,
+             {"stat": stat, "id": f"l{stat}", "visible": False}]
+            for stat in ("p50", "p95", "p99")
+        ] + [
+            [{"expression": f"l{stat} / 1000", "label": stat}] for stat in ("p50", "p95", "p99")
+        ], stat="p50", annotations={"horizontal": [{"label": "SLO p95", "value": args.slo_latency_p95_ms}]}),
+    ]
+    return json.dumps({"widgets": widgets}, sort_keys=True)
+
+
+class EndpointMonitoring(pulumi.ComponentResource):
+    """Alarm topic, latency/error/capacity alarms and a dashboard."""
+
+    topic_arn: pulumi.Output[str]
+    dashboard_name: pulumi.Output[str]
+    dashboard_url: pulumi.Output[str]
+    alarm_names: pulumi.Output[list[str]]
+
+    def __init__(self, name: str, args: EndpointMonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        args.validate()
+        super().__init__(f"llminfer:aws:{_COMPONENT}", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        tags = dict(args.tags)
+        endpoint = pulumi.Output.from_input(args.endpoint_name)
+        variant = args.variant_name
+
+        topic = sns.Topic(f"{name}-alarms", kms_master_key_id="alias/aws/sns", tags=tags, opts=child)
+        if args.alarm_email:
+            sns.TopicSubscription(f"{name}-alarms-email", topic=topic.arn, protocol="email",
+                                  endpoint=args.alarm_email, opts=child)
+        actions = [topic.arn]
+
+        def latency_alarm(percentile: str, slo_ms: int) -> cloudwatch.MetricAlarm:
+            return cloudwatch.MetricAlarm(
+                f"{name}-latency-{percentile}",
+                alarm_description=f"Model latency {percentile} above the {slo_ms} ms SLO for 3 of 5 minutes",
+                namespace="AWS/SageMaker",
+                metric_name="ModelLatency",
+                dimensions={"EndpointName": endpoint, "VariantName": variant},
+                extended_statistic=percentile,
+                period=60,
+                evaluation_periods=5,
+                datapoints_to_alarm=3,
+                # ModelLatency is published in microseconds.
+                threshold=slo_ms * 1000,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=actions,
+                ok_actions=actions,
+                tags=tags,
+                opts=child,
+            )
+
+        alarms = [
+            latency_alarm("p95", args.slo_latency_p95_ms),
+            latency_alarm("p99", args.slo_latency_p99_ms),
+            cloudwatch.MetricAlarm(
+                f"{name}-5xx-rate",
+                alarm_description=f"More than {args.error_rate_percent}% of invocations failed with 5xx over 5 minutes",
+                metric_queries=endpoint.apply(lambda e: error_rate_queries(e, variant)),
+                evaluation_periods=5,
+                datapoints_to_alarm=3,
+                threshold=args.error_rate_percent,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=actions,
+                ok_actions=actions,
+                tags=tags,
+                opts=child,
+            ),
+            cloudwatch.MetricAlarm(
+                f"{name}-model-errors",
+                alarm_description="The model container returned errors (InvocationModelErrors)",
+                namespace="AWS/SageMaker",
+                metric_name="InvocationModelErrors",
+                dimensions={"EndpointName": endpoint, "VariantName": variant},
+                statistic="Sum",
+                period=60,
+                evaluation_periods=5,
+                datapoints_to_alarm=2,
+                threshold=0,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=actions,
+                tags=tags,
+                opts=child,
+            ),
+            cloudwatch.MetricAlarm(
+                f"{name}-at-max-instances",
+                alarm_description=(
+                    f"The endpoint has run at its maximum of {args.max_instances} instances for 15 minutes: "
+                    "the autoscaler can add no more; raise maxInstances or shed load"
+                ),
+                metric_queries=endpoint.apply(lambda e: instance_count_queries(e, variant)),
+                evaluation_periods=15,
+                datapoints_to_alarm=15,
+                threshold=args.max_instances,
+                comparison_operator="GreaterThanOrEqualToThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=actions,
+                tags=tags,
+                opts=child,
+            ),
+        ]
+        dashboard = cloudwatch.Dashboard(
+            f"{name}-dashboard",
+            dashboard_name=endpoint.apply(lambda e: f"{e}-llm"),
+            dashboard_body=endpoint.apply(lambda e: dashboard_body(args, e)),
+            opts=child,
+        )
+
+        self.topic_arn = topic.arn
+        self.dashboard_name = dashboard.dashboard_name
+        self.dashboard_url = dashboard.dashboard_name.apply(
+            lambda d: f"https://{args.region}.console.aws.amazon.com/cloudwatch/home?region={args.region}#dashboards:name={d}"
+        )
+        self.alarm_names = pulumi.Output.all(*[a.name for a in alarms])
+        self.register_outputs({
+            "topic_arn": self.topic_arn,
+            "dashboard_name": self.dashboard_name,
+            "dashboard_url": self.dashboard_url,
+            "alarm_names": self.alarm_names,
+        })

@@ -1,0 +1,126 @@
+"""`pulumi up -s aws`: SageMaker LMI/vLLM endpoint with token-aware autoscaling and monitoring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+from bench import catalog
+from components.aws_common import sagemaker_instance_types
+from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
+from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs
+from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
+from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
+
+# Component field -> config key, so a bad value is reported under the key the user set.
+CONFIG_KEYS = {
+    "model_id": "modelId",
+    "image_tag": "lmiImageTag",
+    "image_account": "lmiImageAccount",
+    "instance_type": "sagemakerInstanceType",
+    "initial_instance_count": "minInstances",
+    "max_model_len": "maxModelLen",
+    "max_batch_size": "maxBatchSize",
+    "gpu_memory_utilization": "gpuMemoryUtilization",
+    "startup_health_check_timeout_seconds": "startupHealthCheckTimeoutSeconds",
+    "model_download_timeout_seconds": "modelDownloadTimeoutSeconds",
+    "inference_ami_version": "inferenceAmiVersion",
+    "log_retention_days": "logRetentionDays",
+    "min_instances": "minInstances",
+    "max_instances": "maxInstances",
+    "target_tokens_per_minute_per_instance": "targetTokensPerMinutePerInstance",
+    "scale_out_cooldown_seconds": "scaleOutCooldownSeconds",
+    "scale_in_cooldown_seconds": "scaleInCooldownSeconds",
+    "target_concurrent_requests_per_instance": "targetConcurrentRequestsPerInstance",
+    "slo_latency_p95_ms": "sloLatencyP95Ms",
+    "slo_latency_p99_ms": "sloLatencyP99Ms",
+    "alarm_email": "alarmEmail",
+    "price_per_hour": "pricePerHour",
+}
+
+
+def hourly_price(cfg: StackConfig, instance_type: str) -> float:
+    """`pricePerHour` when set, else the catalog's on-demand price of the instance type."""
+    configured = cfg.number("pricePerHour", minimum=0)
+    if configured > 0:
+        return configured
+    try:
+        return catalog.hourly_price(instance_type)
+    except catalog.UnknownInstance:
+        raise ConfigError(
+            cfg.key("pricePerHour"),
+            configured,
+            f"the catalog has no price for {instance_type}",
+            f"set it: `pulumi config set {cfg.key('pricePerHour')} <USD per hour>`",
+        ) from None
+
+
+def build() -> dict[str, Any]:
+    cfg = StackConfig()
+    region = pulumi.Config("aws").require("region")
+    tags = standard_tags(cfg, "aws")
+    instance_type = cfg.text("sagemakerInstanceType", choices=sagemaker_instance_types())
+    min_instances = cfg.integer("minInstances")
+    max_instances = cfg.integer("maxInstances")
+    price = hourly_price(cfg, instance_type)
+
+    with config_keys(cfg, CONFIG_KEYS):
+        # Scaling first: its args check min/max before anything is created.
+        scaling_args = TokenAwareAutoscalingArgs(
+            endpoint_name="",  # set below, once the endpoint exists
+            min_instances=min_instances,
+            max_instances=max_instances,
+            target_tokens_per_minute_per_instance=cfg.integer("targetTokensPerMinutePerInstance"),
+            scale_out_cooldown_seconds=cfg.integer("scaleOutCooldownSeconds"),
+            scale_in_cooldown_seconds=cfg.integer("scaleInCooldownSeconds"),
+            concurrency_scale_out=cfg.boolean("concurrencyScaleOut"),
+            target_concurrent_requests_per_instance=cfg.integer("targetConcurrentRequestsPerInstance"),
+        )
+        scaling_args.validate()
+        endpoint = SageMakerEndpoint(
+            "llm",
+            SageMakerEndpointArgs(
+                model_id=cfg.text("modelId"),
+                region=region,
+                image_tag=cfg.text("lmiImageTag"),
+                image_account=cfg.text("lmiImageAccount"),
+                instance_type=instance_type,
+                initial_instance_count=min_instances,
+                max_model_len=cfg.integer("maxModelLen"),
+                max_batch_size=cfg.integer("maxBatchSize"),
+                gpu_memory_utilization=cfg.number("gpuMemoryUtilization"),
+                startup_health_check_timeout_seconds=cfg.integer("startupHealthCheckTimeoutSeconds"),
+                model_download_timeout_seconds=cfg.integer("modelDownloadTimeoutSeconds"),
+                inference_ami_version=cfg.text("inferenceAmiVersion", allow_empty=True),
+                log_retention_days=cfg.integer("logRetentionDays"),
+                hf_token=cfg.secret("hfToken"),
+                tags=tags,
+            ),
+        )
+        TokenAwareAutoscaling(
+            "llm-scaling",
+            TokenAwareAutoscalingArgs(**{**scaling_args.__dict__, "endpoint_name": endpoint.endpoint_name}),
+        )
+        monitoring = EndpointMonitoring(
+            "llm-monitoring",
+            EndpointMonitoringArgs(
+                endpoint_name=endpoint.endpoint_name,
+                region=region,
+                price_per_hour=price,
+                max_instances=max_instances,
+                slo_latency_p95_ms=cfg.integer("sloLatencyP95Ms"),
+                slo_latency_p99_ms=cfg.integer("sloLatencyP99Ms"),
+                alarm_email=cfg.text("alarmEmail", allow_empty=True),
+                tags=tags,
+            ),
+        )
+
+    return {
+        "endpointName": endpoint.endpoint_name,
+        "region": region,
+        "instanceType": instance_type,
+        "pricePerHour": price,
+        "dashboardUrl": monitoring.dashboard_url,
+        "alarmTopicArn": monitoring.topic_arn,
+    }
