@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install test lint demo clean
+.PHONY: install checkov test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,11 +13,24 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# checkov (the Kubernetes manifest scan in tests/stacks/test_gcp.py) pins dependencies that clash with
+# the project's, so it gets a venv of its own; the tests find it at $(CHECKOV_VENV)/bin/checkov.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+
+$(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+test: install checkov
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache results
+	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache results

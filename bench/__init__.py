@@ -1,4 +1,15 @@
 """Post-deploy benchmark, capacity planner and the shared hardware/price catalog.
 
 Kept import-light: the stacks import `bench.catalog`, which must not pull in HTTP clients or plotting.
+
+Python API (what `python -m bench` runs):
+    bench.run(["https://host/v1", "--concurrency", "8", "--requests", "100", "--out", "results/x"]) -> exit code
+The results are in the --out directory (summary.json, requests.jsonl, report.md, PNG charts).
 """
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run `python -m bench` with these arguments in this process; returns its exit code."""
+    from bench.cli import main
+
+    return main(argv)

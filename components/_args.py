@@ -7,6 +7,7 @@ preview with a message that names the field; stacks translate the field into the
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -67,3 +68,14 @@ def merge_tags(base: Mapping[str, str], extra: Mapping[str, str] | None) -> dict
     tags = dict(base)
     tags.update(extra or {})
     return tags
+
+
+def require_cidrs(component: str, field: str, values: Any, *, allow_empty: bool = True) -> None:
+    """A tuple of IPv4 CIDR blocks with no host bits set (10.0.0.0/8, 203.0.113.7/32)."""
+    require(component, field, isinstance(values, tuple), f"must be a tuple of CIDR blocks, got {values!r}")
+    require(component, field, allow_empty or len(values) > 0, "must name at least one CIDR block (0.0.0.0/0 allows any)")
+    for value in values:
+        try:
+            ipaddress.IPv4Network(value, strict=True)
+        except (ValueError, TypeError) as err:
+            raise InvalidArgs(component, field, f"{value!r} is not an IPv4 CIDR block like 203.0.113.0/24 ({err})") from None

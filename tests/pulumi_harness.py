@@ -42,6 +42,8 @@ class Resource:
     # Input paths ("primaryContainer", "environment.HF_TOKEN") whose value was a Pulumi secret; the
     # values in `inputs` are unwrapped.
     secret_paths: set[str] = field(default_factory=set)
+    # URNs this registration waited for: its inputs' resources and explicit depends_on.
+    dependencies: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,15 +104,53 @@ def _aws_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]
     return state
 
 
+# The input that names each azure-native resource (its `name` output), where it is not `name`.
+_AZURE_NAME_INPUTS = {
+    "azure-native:resources:ResourceGroup": "resourceGroupName",
+    "azure-native:keyvault:Vault": "vaultName",
+    "azure-native:keyvault:Secret": "secretName",
+    "azure-native:managedidentity:UserAssignedIdentity": "resourceName",
+    "azure-native:network:NetworkSecurityGroup": "networkSecurityGroupName",
+    "azure-native:network:VirtualNetwork": "virtualNetworkName",
+    "azure-native:network:Subnet": "subnetName",
+    "azure-native:network:PublicIPAddress": "publicIpAddressName",
+    "azure-native:network:NetworkInterface": "networkInterfaceName",
+    "azure-native:compute:VirtualMachine": "vmName",
+    "azure-native:compute:VirtualMachineExtension": "vmExtensionName",
+}
+
+
+def _azure_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]:
+    name = args.inputs.get(_AZURE_NAME_INPUTS.get(args.typ, "name")) or name
+    group = args.inputs.get("resourceGroupName") or "rg"
+    state: dict[str, Any] = {
+        "id": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/{group}/providers/{args.typ}/{name}",
+        "name": name,
+    }
+    if args.typ == "azure-native:network:PublicIPAddress":
+        state["ipAddress"] = "203.0.113.30"
+        label = (args.inputs.get("dnsSettings") or {}).get("domainNameLabel")
+        if label:
+            state["dnsSettings"] = {"fqdn": f"{label}.{args.inputs.get('location', 'eastus')}.cloudapp.azure.com"}
+    if args.typ == "azure-native:managedidentity:UserAssignedIdentity":
+        state["principalId"] = "44444444-4444-4444-4444-444444444444"
+        state["clientId"] = "55555555-5555-5555-5555-555555555555"
+        state["tenantId"] = "33333333-3333-3333-3333-333333333333"
+    if args.typ == "azure-native:keyvault:Vault":
+        state["properties"] = {"vaultUri": f"https://{name}.vault.azure.net/"}
+    if args.typ == "azure-native:compute:VirtualMachine" and args.inputs.get("identity"):
+        # Given as a list of identity ids, returned as a map id -> identity.
+        ids = args.inputs["identity"].get("userAssignedIdentities") or []
+        state["identity"] = {"userAssignedIdentities": {i: {"principalId": "44444444-4444-4444-4444-444444444444"} for i in ids}}
+    return state
+
+
 # Outputs the cloud computes, by provider prefix; components may rely on them.
 def _computed_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]:
     if args.typ.startswith("aws:"):
         return _aws_state(args, name)
     if args.typ.startswith("azure-native:"):
-        return {
-            "id": f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg/providers/{args.typ}/{name}",
-            "name": name,
-        }
+        return _azure_state(args, name)
     if args.typ.startswith("gcp:"):
         state: dict[str, Any] = {"name": name, "selfLink": f"https://www.googleapis.com/mock/{name}"}
         if args.typ == "gcp:container/cluster:Cluster":
@@ -118,7 +158,13 @@ def _computed_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str,
             state["masterAuth"] = {"clusterCaCertificate": "bW9jay1jYQ=="}
         if args.typ == "gcp:compute/address:Address":
             state["address"] = "203.0.113.10"
+        if args.typ == "gcp:serviceaccount/account:Account":
+            state["email"] = f"{args.inputs.get('accountId', name)}@mock-project.iam.gserviceaccount.com"
         return state
+    if args.typ.startswith("random:"):
+        # RandomPassword/RandomString: a value of the asked length, as the provider would generate.
+        length = int(args.inputs.get("length") or 16)
+        return {"result": ("mockrandom0123456789" * (length // 20 + 1))[:length]}
     if args.typ.startswith("kubernetes:core/v1:Service"):
         return {"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.20"}]}}}
     return {}
@@ -133,8 +179,13 @@ class GraphMocks(pulumi.runtime.Mocks):
         name = args.inputs.get("name") or args.name
         state = dict(args.inputs)
         for key, value in _computed_state(args, name).items():
-            state.setdefault(key, value)
-        return [f"{args.name}-id", state]
+            if isinstance(value, dict) and isinstance(state.get(key), dict):
+                state[key] = {**state[key], **value}  # the cloud's view of fields inside an input object
+            else:
+                state.setdefault(key, value)
+        # Azure resources are known by their ARM id, the one their `id` output and references carry.
+        resource_id = state["id"] if args.typ.startswith("azure-native:") else f"{args.name}-id"
+        return [resource_id, state]
 
     def call(self, args: pulumi_mocks.MockCallArgs):
         handler = self.invokes.get(args.token)
@@ -186,6 +237,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     custom=bool(request.custom),
                     urn=response.urn,
                     secret_paths=secret_paths,
+                    dependencies=list(request.dependencies),
                 )
             )
         return response

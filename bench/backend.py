@@ -1,0 +1,259 @@
+"""HTTP client for the load path: send one chat-completions request, keep the body and arrival times.
+
+The hot path does nothing but read and stamp. With aiohttp (HTTP/1.1, the default) the stamp is taken
+in the connection protocol's `data_received`, i.e. in the event-loop callback that read the socket,
+before the response coroutine is even woken: a busy loop delays when we *process* a chunk, not when we
+say it arrived. Parsing happens after the stream ends (bench.sse). `trust_env=False` and a dummy cookie
+jar keep netrc/proxy/cookie work off every request; read buffers are large so a long reply never pauses
+the socket. `--http2` uses httpx + h2, stamping as chunks are iterated (less exact; say so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from dataclasses import dataclass, field
+from time import perf_counter_ns
+
+import aiohttp
+from aiohttp.client_proto import ResponseHandler
+
+# Gateway headers on buffered replies (issue 4's contract), mapped to our server_* names.
+HEADER_METRICS = {
+    "x-ttft-ms": "ttft_ms",
+    "x-tokens-per-second": "tokens_per_second",
+    "x-cost-per-1k-usd": "cost_per_1k_usd",
+}
+READ_BUFSIZE = 4 * 1024 * 1024
+ERROR_BODY_LIMIT = 2048
+
+
+@dataclass(slots=True)
+class RawReply:
+    t_start_ns: int
+    t_end_ns: int = 0
+    status: int = 0
+    content_type: str = ""
+    body: bytes = b""
+    marks: list = field(default_factory=list)
+    header_metrics: dict | None = None
+    error_kind: str | None = None
+    error_detail: str | None = None
+
+
+class _StampingProtocol(ResponseHandler):
+    """aiohttp's response protocol, plus `(arrival ns, payload bytes so far)` after every socket read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        super().__init__(loop)
+        self.marks: list[tuple[int, int]] | None = None
+        self.marked_payload = None
+
+    def data_received(self, data: bytes) -> None:
+        t = perf_counter_ns()
+        super().data_received(data)
+        payload = self._payload
+        if payload is not None:
+            if payload is not self.marked_payload:
+                self.marked_payload = payload
+                self.marks = []
+            self.marks.append((t, payload.total_bytes))
+
+
+class StampingConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose connections stamp reads (see module docstring)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not hasattr(self, "_factory"):  # pragma: no cover - guarded by a test on the pinned aiohttp
+            raise RuntimeError("aiohttp internals changed: TCPConnector._factory is gone")
+        self._factory = functools.partial(_StampingProtocol, loop=self._loop)
+
+
+def classify_status(status: int) -> str:
+    if status in (401, 403, 404, 408, 413, 429):
+        return f"http_{status}"
+    if status >= 500:
+        return "http_5xx"
+    return "http_4xx" if status >= 400 else f"http_{status}"
+
+
+def _header_metrics(headers) -> dict | None:
+    found = {}
+    for header, name in HEADER_METRICS.items():
+        value = headers.get(header)
+        if value is not None:
+            try:
+                found[name] = float(value)
+            except ValueError:
+                pass
+    return found or None
+
+
+class SigV4Signer:
+    """Signs each request with the caller's AWS credentials (IAM-auth Lambda Function URLs)."""
+
+    def __init__(self, region: str, service: str = "lambda"):
+        import botocore.session
+        from botocore.auth import SigV4Auth
+
+        credentials = botocore.session.get_session().get_credentials()
+        if credentials is None:
+            raise ValueError(
+                "--sigv4: no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            )
+        self._auth = SigV4Auth(credentials, service, region)
+
+    def sign(self, url: str, body: bytes, headers: dict) -> dict:
+        from botocore.awsrequest import AWSRequest
+
+        request = AWSRequest(method="POST", url=url, data=body, headers=dict(headers))
+        self._auth.add_auth(request)
+        return dict(request.headers.items())
+
+
+class Backend:
+    """One client per worker process. `send(body)` never raises: failures come back classified."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict,
+        timeout_s: float,
+        *,
+        http2: bool = False,
+        signer: SigV4Signer | None = None,
+        stamping: str = "protocol",
+    ):
+        self.url = url
+        self.headers = headers
+        self.timeout_s = timeout_s
+        self.http2 = http2
+        self.signer = signer
+        self.stamping = "task" if http2 else stamping
+        self._session: aiohttp.ClientSession | None = None
+        self._httpx = None
+
+    async def start(self) -> None:
+        if self.http2:
+            import httpx
+
+            self._httpx = httpx.AsyncClient(
+                http2=True, trust_env=False, timeout=None, limits=httpx.Limits(max_connections=None)
+            )
+            return
+        connector_cls = StampingConnector if self.stamping == "protocol" else aiohttp.TCPConnector
+        connector = connector_cls(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            read_bufsize=READ_BUFSIZE,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+
+    def _request_headers(self, body: bytes) -> dict:
+        if self.signer is not None:
+            return self.signer.sign(self.url, body, self.headers)
+        return self.headers
+
+    async def send(self, body: bytes) -> RawReply:
+        headers = self._request_headers(body)
+        reply = RawReply(t_start_ns=perf_counter_ns())
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._httpx is not None:
+                    await self._send_httpx(body, headers, reply)
+                else:
+                    await self._send_aiohttp(body, headers, reply)
+        except TimeoutError:
+            reply.error_kind = "timeout"
+            reply.error_detail = f"no complete reply within --timeout {self.timeout_s:g}s"
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # classified, never propagated: one bad request must not stop a run
+            reply.error_kind, reply.error_detail = _classify_exception(exc, reply.status)
+        reply.t_end_ns = perf_counter_ns()
+        return reply
+
+    async def _send_aiohttp(self, body: bytes, headers: dict, reply: RawReply) -> None:
+        async with self._session.post(self.url, data=body, headers=headers) as resp:
+            reply.status = resp.status
+            reply.content_type = resp.headers.get("Content-Type", "")
+            reply.header_metrics = _header_metrics(resp.headers)
+            content = resp.content
+            if resp.status >= 400:
+                reply.body = await content.read(ERROR_BODY_LIMIT)
+                reply.error_kind = classify_status(resp.status)
+                reply.error_detail = f"HTTP {resp.status}: {reply.body[:200].decode('utf-8', 'replace')}"
+                return
+            if self.stamping == "protocol":
+                connection = resp.connection
+                protocol = connection.protocol if connection is not None else None
+                # One wake-up for the whole reply: the protocol already stamped every read.
+                await content.wait_eof()
+                reply.body = content.read_nowait(-1)
+                if isinstance(protocol, _StampingProtocol) and protocol.marked_payload is content:
+                    reply.marks = protocol.marks
+                else:  # body was complete with the headers, before a connection was handed over
+                    reply.marks = [(perf_counter_ns(), len(reply.body))]
+            else:
+                chunks = []
+                marks = reply.marks
+                total = 0
+                async for chunk in content.iter_any():
+                    t = perf_counter_ns()
+                    total += len(chunk)
+                    marks.append((t, total))
+                    chunks.append(chunk)
+                reply.body = b"".join(chunks)
+
+    async def _send_httpx(self, body: bytes, headers: dict, reply: RawReply) -> None:
+        async with self._httpx.stream("POST", self.url, content=body, headers=headers) as resp:
+            reply.status = resp.status_code
+            reply.content_type = resp.headers.get("content-type", "")
+            reply.header_metrics = _header_metrics(resp.headers)
+            if resp.status_code >= 400:
+                reply.body = (await resp.aread())[:ERROR_BODY_LIMIT]
+                reply.error_kind = classify_status(resp.status_code)
+                reply.error_detail = f"HTTP {resp.status_code}: {reply.body[:200].decode('utf-8', 'replace')}"
+                return
+            chunks = []
+            marks = reply.marks
+            total = 0
+            async for chunk in resp.aiter_bytes():
+                t = perf_counter_ns()
+                total += len(chunk)
+                marks.append((t, total))
+                chunks.append(chunk)
+            reply.body = b"".join(chunks)
+
+
+def _classify_exception(exc: Exception, status: int) -> tuple[str, str]:
+    detail = f"{type(exc).__name__}: {exc}"[:300]
+    after_headers = status != 0
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
+        return "connect", detail
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+        return ("stream_cut" if after_headers else "disconnected"), detail
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return "bad_response", detail
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover
+        httpx = None
+    if httpx is not None:
+        if isinstance(exc, httpx.ConnectError):
+            return "connect", detail
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+            return ("stream_cut" if after_headers else "disconnected"), detail
+    if isinstance(exc, ConnectionError | OSError):
+        return ("stream_cut" if after_headers else "connect"), detail
+    return "client_error", detail

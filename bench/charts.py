@@ -1,0 +1,152 @@
+"""PNG charts of one run (and, for `compare`, of several), drawn with matplotlib's Agg backend."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def level_x(summary: dict) -> tuple[list[float], str]:
+    levels = summary["levels"]
+    if levels and levels[0]["rate"] is not None:
+        return [lv["rate"] for lv in levels], "offered rate (req/s)"
+    return [lv["concurrency"] for lv in levels], "concurrency"
+
+
+def _series(levels: list[dict], metric: str, stat: str) -> list:
+    return [(lv[metric] or {}).get(stat) for lv in levels]
+
+
+def latency_chart(summary: dict, path: Path) -> Path:
+    plt = _pyplot()
+    x, xlabel = level_x(summary)
+    levels = summary["levels"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    panels = (
+        ("TTFT (ms)", [("ttft_ms", "p50"), ("ttft_ms", "p95"), ("ttft_ms", "p99")]),
+        ("per-token (ms)", [("itl_ms", "p50"), ("itl_ms", "p95"), ("tpot_ms", "p50"), ("tpot_ms", "p95")]),
+        ("E2E (ms)", [("e2e_ms", "p50"), ("e2e_ms", "p95"), ("e2e_ms", "p99")]),
+    )
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        for metric, stat in lines:
+            ax.plot(x, _series(levels, metric, stat), marker="o", label=f"{metric.split('_')[0].upper()} {stat}")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Latency vs load: {summary['target'].get('label') or summary['target']['url']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def throughput_chart(summary: dict, path: Path) -> Path:
+    plt = _pyplot()
+    x, xlabel = level_x(summary)
+    levels = summary["levels"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax1.plot(x, [lv["output_throughput_tok_s"] for lv in levels], marker="o")
+    ax1.set_title("output tokens/s")
+    ax2.plot(x, [lv["request_throughput_rps"] for lv in levels], marker="o", label="requests/s")
+    ax2.plot(x, [lv["goodput_rps"] for lv in levels], marker="s", label="goodput (req/s in SLO)")
+    ax2.set_title("requests/s")
+    ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def ttft_cdf_chart(summary: dict, requests_path: Path, path: Path) -> Path | None:
+    """TTFT CDF per level, from requests.jsonl (successful, measured requests)."""
+    per_level: dict[int, list[float]] = defaultdict(list)
+    with open(requests_path, "rb") as f:
+        for line in f:
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line after a crash
+            if rec.get("ok") and not rec.get("warmup"):
+                per_level[rec["level"]].append(rec["ttft_ms"])
+    if not per_level:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = {i: (f"c={lv['concurrency']}" if lv["rate"] is None else f"{lv['rate']:g}/s") for i, lv in enumerate(summary["levels"])}
+    for level, values in sorted(per_level.items()):
+        values.sort()
+        n = len(values)
+        ax.step(values, [(i + 1) / n for i in range(n)], where="post", label=labels.get(level, str(level)))
+    ax.set_xlabel("TTFT (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title("TTFT CDF per level")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def compare_charts(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
+    """Throughput, TTFT/E2E p95, SLO attainment vs load and cost per 1M tokens at peak, one line per run."""
+    plt = _pyplot()
+    paths = []
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = (
+        (axes[0][0], "output tokens/s", lambda lv: lv["output_throughput_tok_s"]),
+        (axes[0][1], "TTFT p95 (ms)", lambda lv: lv["ttft_ms"]["p95"]),
+        (axes[1][0], "E2E p95 (ms)", lambda lv: lv["e2e_ms"]["p95"]),
+        (axes[1][1], "SLO attainment", lambda lv: lv["slo_attainment"]),
+    )
+    xlabels = set()
+    for label, summary in runs:
+        x, xlabel = level_x(summary)
+        xlabels.add(xlabel)
+        for ax, _title, fn in panels:
+            ax.plot(x, [fn(lv) for lv in summary["levels"]], marker="o", label=label)
+    for ax, title, _fn in panels:
+        ax.set_title(title)
+        ax.set_xlabel(" / ".join(sorted(xlabels)))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "compare_load.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    costs = []
+    for label, summary in runs:
+        priced = [lv for lv in summary["levels"] if lv.get("cost_per_1k_tokens_usd") is not None]
+        if priced:
+            best = min(priced, key=lambda lv: lv["cost_per_1k_tokens_usd"])
+            costs.append((label, best["cost_per_1k_tokens_usd"] * 1000))
+    if costs:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([c[0] for c in costs], [c[1] for c in costs])
+        ax.set_ylabel("USD per 1M output tokens (best level)")
+        ax.set_title("Cost per 1M output tokens")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        path = out / "compare_cost.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths

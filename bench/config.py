@@ -1,0 +1,202 @@
+"""The validated settings of one benchmark run (built by bench.cli from flags, env and a Pulumi stack)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.prompts import Distribution
+from bench.scheduler import LevelSpec
+from bench.stats import Slo
+
+DEFAULT_RATE_CAP = 256
+
+
+class UsageError(ValueError):
+    """A bad flag or input: the CLI prints it on one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Level:
+    index: int
+    concurrency: int  # slots (closed loop) or in-flight cap (rate)
+    rate: float | None
+    warmup: int
+
+    @property
+    def label(self) -> str:
+        return f"c={self.concurrency}" if self.rate is None else f"rate={self.rate:g}/s"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    url: str  # the chat-completions endpoint
+    base_url: str
+    model: str
+    api_key: str | None = field(repr=False, default=None)
+    concurrency: tuple[int, ...] = (6, 12, 24, 32)
+    rates: tuple[float, ...] | None = None
+    arrival: str = "poisson"
+    requests: int | None = None
+    duration_s: float | None = 60.0
+    warmup: int | None = None  # None: one request per slot (closed) / about one second of arrivals (rate)
+    input_tokens: Distribution = Distribution("fixed", 128)
+    output_tokens: Distribution = Distribution("fixed", 64)
+    dataset: str | None = None
+    price_per_hour: float | None = None
+    price_source: str | None = None
+    instance_count: int = 1
+    slo: Slo = Slo()
+    timeout_s: float = 120.0
+    workers: int = 1
+    http2: bool = False
+    out_dir: Path = Path("bench-results")
+    stack: str | None = None
+    sigv4: dict | None = None
+    extra_headers: dict = field(default_factory=dict)
+    extra_body: dict | None = None
+    include_usage: bool = True
+    allow_buffered: bool = False
+    max_error_rate: float | None = None
+    seed: int = 0
+    stamping: str = "protocol"
+    loop: str = "auto"
+    progress: bool = True
+    label: str | None = None
+
+    @property
+    def total_price_per_hour(self) -> float | None:
+        return None if self.price_per_hour is None else self.price_per_hour * self.instance_count
+
+    def levels(self) -> list[Level]:
+        if self.rates:
+            cap = self.concurrency[0]
+            return [
+                Level(i, cap, r, self.warmup if self.warmup is not None else min(cap, math.ceil(r)))
+                for i, r in enumerate(self.rates)
+            ]
+        return [
+            Level(i, c, None, self.warmup if self.warmup is not None else c) for i, c in enumerate(self.concurrency)
+        ]
+
+    def request_headers(self) -> dict:
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "User-Agent": "llm-inference-bench/0.1",
+        }
+        if self.api_key and not self.sigv4:
+            # API Gateway API keys travel in x-api-key; OpenAI-compatible servers read the bearer token.
+            headers["Authorization"] = f"Bearer {self.api_key}"
+            headers["x-api-key"] = self.api_key
+        headers.update(self.extra_headers)
+        return headers
+
+    def worker_config(self, run_tag: str) -> dict:
+        if self.dataset:
+            prompts = {"kind": "dataset", "path": self.dataset}
+        else:
+            prompts = {"kind": "synthetic", "input": _dist(self.input_tokens)}
+        prompts.update(output=_dist(self.output_tokens), seed=self.seed, tag=run_tag)
+        return {
+            "url": self.url,
+            "headers": self.request_headers(),
+            "timeout_s": self.timeout_s,
+            "http2": self.http2,
+            "sigv4": self.sigv4,
+            "stamping": self.stamping,
+            "loop": self.loop,
+            "prompts": prompts,
+            "options": {
+                "model": self.model,
+                "include_usage": self.include_usage,
+                "extra_body": self.extra_body,
+                "allow_buffered": self.allow_buffered,
+            },
+        }
+
+    def public(self) -> dict:
+        """The config as written to summary.json: no secrets, header names only."""
+        return {
+            "url": self.url,
+            "model": self.model,
+            "label": self.label,
+            "mode": "rate" if self.rates else "concurrency",
+            "concurrency": list(self.concurrency),
+            "rates": list(self.rates) if self.rates else None,
+            "arrival": self.arrival if self.rates else None,
+            "requests_per_level": self.requests,
+            "duration_s_per_level": self.duration_s,
+            "warmup": self.warmup if self.warmup is not None else "auto",
+            "prompt_tokens": None if self.dataset else self.input_tokens.describe(),
+            "max_tokens": self.output_tokens.describe(),
+            "dataset": self.dataset,
+            "price_per_hour_usd": self.price_per_hour,
+            "price_source": self.price_source,
+            "instance_count": self.instance_count,
+            "slo": {"ttft_ms": self.slo.ttft_ms, "tpot_ms": self.slo.tpot_ms, "e2e_ms": self.slo.e2e_ms},
+            "timeout_s": self.timeout_s,
+            "workers": self.workers,
+            "http2": self.http2,
+            "stack": self.stack,
+            "sigv4": self.sigv4,
+            "api_key": "set" if self.api_key else None,
+            "extra_headers": sorted(self.extra_headers),
+            "extra_body": self.extra_body,
+            "include_usage": self.include_usage,
+            "allow_buffered": self.allow_buffered,
+            "max_error_rate": self.max_error_rate,
+            "seed": self.seed,
+            "stamping": self.stamping,
+            "loop": self.loop,
+        }
+
+
+def _dist(d: Distribution) -> tuple:
+    return (d.kind, d.a, d.b)
+
+
+def _share(total: int, weights: list[int]) -> list[int]:
+    """Split an integer in proportion to weights, exactly (largest remainders)."""
+    wsum = sum(weights)
+    if wsum == 0:
+        return [0] * len(weights)
+    raw = [total * w / wsum for w in weights]
+    out = [int(x) for x in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)[: total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def split_level(cfg: BenchConfig, level: Level, workers: int, start_at_ns: int) -> list[LevelSpec]:
+    """One LevelSpec per worker; their union is the level."""
+    slots = _share(level.concurrency, [1] * workers)
+    requests = _share(cfg.requests, slots) if cfg.requests is not None else [None] * workers
+    warmups = _share(level.warmup, slots)
+    active = sum(1 for s in slots if s)
+    specs = []
+    rank = 0
+    for w in range(workers):
+        rate = None
+        phase = 0.0
+        if level.rate is not None and slots[w]:
+            rate = level.rate / active
+            phase = rank / active
+            rank += 1
+        specs.append(
+            LevelSpec(
+                level=level.index,
+                mode="closed" if level.rate is None else "rate",
+                concurrency=slots[w],
+                rate=rate,
+                arrival=cfg.arrival,
+                requests=requests[w],
+                warmup=warmups[w],
+                duration_s=cfg.duration_s,
+                start_at_ns=start_at_ns,
+                seed=cfg.seed,
+                phase=phase,
+            )
+        )
+    return specs

@@ -1,0 +1,176 @@
+"""Run every level of a benchmark over the worker pool and write the results as they come.
+
+requests.jsonl gets every record as soon as the parent receives it (flushed per batch), and
+summary.json is rewritten after every level, so Ctrl-C or a crash keeps everything measured so far.
+The first Ctrl-C stops sending, cancels requests in flight and writes the partial results; a second
+one stops waiting for the workers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter_ns
+
+import orjson
+
+from bench.config import BenchConfig, Level, split_level
+from bench.stats import LevelStats
+from bench.workers import WorkerError, WorkerPool
+
+MIN_REQUESTS_FOR_ERROR_RATE = 20
+DRAIN_TIMEOUT_S = 15.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class RunResult:
+    summary: dict
+    exit_code: int
+    out_dir: Path
+
+
+class RequestLog:
+    """requests.jsonl, appended and flushed batch by batch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "wb")  # noqa: SIM115 - lives for the whole run
+
+    def write(self, records: list[dict]) -> None:
+        self._file.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    os.replace(tmp, path)
+
+
+def _client_info() -> dict:
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in load] if load else None,
+    }
+
+
+def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
+    """Run all levels; never raises for request failures (they are counted), only for setup problems."""
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    run_tag = uuid.uuid4().hex[:8]
+    summary = {
+        "target": {"url": cfg.base_url, "endpoint": cfg.url, "model": cfg.model, "label": cfg.label},
+        "config": cfg.public(),
+        "client": _client_info(),
+        "run_id": run_tag,
+        "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "status": "running",
+        "levels": [],
+    }
+    write_json(out / "summary.json", summary)
+    log = RequestLog(out / "requests.jsonl")
+    pool = WorkerPool(cfg.workers, cfg.worker_config(run_tag))
+    status = "complete"
+    try:
+        pool.start()
+        for level in cfg.levels():
+            stats, level_status = _run_level(cfg, level, pool, log, display)
+            summary["levels"].append(stats.summary())
+            write_json(out / "summary.json", summary)
+            if level_status != "complete":
+                status = level_status
+                break
+    except WorkerError as exc:
+        status = "worker_error"
+        summary["error"] = str(exc)
+    except KeyboardInterrupt:  # a second Ctrl-C while draining
+        status = "interrupted"
+    finally:
+        pool.close()
+        log.close()
+    summary["status"] = status
+    summary["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    write_json(out / "summary.json", summary)
+    return RunResult(summary, _exit_code(summary, status), out)
+
+
+def _exit_code(summary: dict, status: str) -> int:
+    if status == "interrupted":
+        return EXIT_INTERRUPTED
+    total = sum(lv["requests"] for lv in summary["levels"])
+    ok = sum(lv["succeeded"] for lv in summary["levels"])
+    if status == "worker_error" or (total and not ok) or not total:
+        return EXIT_FAILED
+    if status == "max_error_rate":
+        return EXIT_ERROR_RATE
+    return EXIT_OK
+
+
+def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog, display):
+    stats = LevelStats(level.index, level.concurrency, level.rate, cfg.slo, cfg.total_price_per_hour)
+    start_at = perf_counter_ns() + 50_000_000  # every worker starts at the same instant
+    pool.start_level(split_level(cfg, level, pool.size, start_at))
+    if display is not None:
+        display.start_level(level, cfg)
+    done: set[int] = set()
+    status = "complete"
+    stopping_since = None
+    last_draw = 0.0
+    while len(done) < pool.size:
+        try:
+            for w, msg in pool.poll(0.1):
+                kind = msg["t"]
+                if kind == "records":
+                    log.write(msg["records"])
+                    for rec in msg["records"]:
+                        stats.add(rec)
+                elif kind == "level_done":
+                    stats.client_cpu_s += msg["cpu_s"]
+                    done.add(w)
+                elif kind in ("fatal", "died"):
+                    raise WorkerError(msg.get("error", "worker failed"))
+            if (
+                stopping_since is None
+                and cfg.max_error_rate is not None
+                and stats.requests >= MIN_REQUESTS_FOR_ERROR_RATE
+                and stats.failed / stats.requests > cfg.max_error_rate
+            ):
+                stats.stopped_early = (
+                    f"error rate {stats.failed / stats.requests:.1%} over --max-error-rate {cfg.max_error_rate:.1%}"
+                )
+                status = "max_error_rate"
+                pool.broadcast({"cmd": "stop"})
+                stopping_since = time.monotonic()
+            if stopping_since is not None and time.monotonic() - stopping_since > DRAIN_TIMEOUT_S:
+                break
+            now = time.monotonic()
+            if display is not None and now - last_draw >= 0.25:
+                display.update(stats)
+                last_draw = now
+        except KeyboardInterrupt:
+            if status == "interrupted":
+                break  # a second Ctrl-C: stop waiting for the workers, keep what arrived
+            stats.stopped_early = "interrupted (Ctrl-C)"
+            status = "interrupted"
+            pool.broadcast({"cmd": "stop"})
+            stopping_since = time.monotonic()
+    if display is not None:
+        display.end_level(stats)
+    return stats, status

@@ -1,0 +1,1 @@
+"""Tests of the bench package: load tester, planner, recommend, catalog."""

@@ -1,0 +1,122 @@
+"""bench.backend + bench.measure against the mock server: every fault lands in its error kind."""
+
+import asyncio
+import socket
+
+import orjson
+import pytest
+
+from bench.backend import Backend, SigV4Signer, StampingConnector, _StampingProtocol
+from bench.measure import measure
+
+BODY = orjson.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "stream": True,
+     "stream_options": {"include_usage": True}}
+)
+
+
+def send(url, body=BODY, headers=None, timeout=5.0, path="/chat/completions", **kwargs):
+    async def go():
+        backend = Backend(url + path, {"Content-Type": "application/json", **(headers or {})}, timeout, **kwargs)
+        await backend.start()
+        try:
+            return await backend.send(body)
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+def test_stamps_are_taken_in_the_protocol_per_read(mock_server):
+    server = mock_server(ttft_ms=20, itl_ms=5)
+    reply = send(server.url)
+    rec = measure(reply)
+    assert rec["ok"], rec
+    assert len(reply.marks) >= 8  # headers+role chunk, then one read per content chunk at least
+    assert [m[1] for m in reply.marks] == sorted(m[1] for m in reply.marks)
+    assert issubclass(StampingConnector, object) and _StampingProtocol.data_received
+    # The role-only chunk arrives at once; TTFT waits for real content.
+    assert rec["ttft_ms"] >= 20
+    assert len(rec["itl_ms"]) == 7 and min(rec["itl_ms"]) >= 0
+    assert rec["output_tokens"] == 8 and rec["token_count_source"] == "usage"
+    assert rec["server_ttft_ms"] >= 20 and len(rec["server_extra"]["mock_itl_ms"]) == 7
+
+
+@pytest.mark.parametrize("stamping", ["task"])
+def test_task_stamping_and_http2_client_give_the_same_record_shape(mock_server, stamping):
+    server = mock_server()
+    for kwargs in ({"stamping": stamping}, {"http2": True}):
+        rec = measure(send(server.url, **kwargs))
+        assert rec["ok"] and rec["output_tokens"] == 8 and len(rec["itl_ms"]) == 7, kwargs
+
+
+def test_multi_token_chunks_with_and_without_usage(mock_server):
+    server = mock_server(tokens_per_chunk=4, output_tokens=16)
+    rec = measure(send(server.url))
+    assert (rec["output_tokens"], rec["content_chunks"], rec["token_count_source"]) == (16, 4, "usage")
+    assert len(rec["itl_ms"]) == 3
+    server = mock_server(tokens_per_chunk=4, output_tokens=16, usage=False)
+    rec = measure(send(server.url))
+    assert (rec["output_tokens"], rec["token_count_source"]) == (4, "chunks")
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("http_401", "http_401"),
+        ("http_404", "http_404"),
+        ("http_429", "http_429"),
+        ("http_500", "http_5xx"),
+        ("http_503", "http_5xx"),
+        ("disconnect", "disconnected"),
+        ("stream_cut", "stream_cut"),
+        ("truncated", "stream_cut"),
+        ("malformed_sse", "malformed_sse"),
+        ("stream_error", "stream_error"),
+        ("stall", "timeout"),
+        ("not_streaming", "not_streaming"),
+        ("empty", "no_content"),
+    ],
+)
+def test_each_fault_is_classified(mock_server, fault, kind):
+    server = mock_server()
+    rec = measure(send(server.url, headers={"X-Mock-Fault": fault}, timeout=0.5))
+    assert rec["ok"] is False
+    assert rec["error"] == kind, rec
+    assert rec["error_detail"]
+    assert "ttft_ms" not in rec
+
+
+def test_buffered_stream_is_measured_but_flagged(mock_server):
+    server = mock_server()
+    rec = measure(send(server.url, headers={"X-Mock-Fault": "buffered"}))
+    assert rec["ok"] and rec["single_read"] is True and rec["ttft_ms"] == rec["e2e_ms"]
+
+
+def test_wrong_path_and_refused_connection(mock_server):
+    server = mock_server()
+    assert measure(send(server.url, path="/nope"))["error"] == "http_404"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        rec = measure(send(f"http://127.0.0.1:{port}/v1"))
+    assert rec["error"] == "connect"
+
+
+def test_api_key_required_by_server(mock_server):
+    server = mock_server(api_key="sekret")
+    assert measure(send(server.url))["error"] == "http_401"
+    assert measure(send(server.url, headers={"x-api-key": "sekret"}))["ok"]
+    assert measure(send(server.url, headers={"Authorization": "Bearer sekret"}))["ok"]
+
+
+def test_sigv4_signs_for_lambda(monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    signer = SigV4Signer("eu-west-1")
+    headers = signer.sign("https://abc.lambda-url.eu-west-1.on.aws/v1/chat/completions", b"{}", {"Content-Type": "application/json"})
+    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/lambda/aws4_request" in headers["Authorization"]
+    assert "X-Amz-Date" in headers

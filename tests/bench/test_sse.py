@@ -1,0 +1,127 @@
+"""bench.sse: events mapped to the arrival time of the read that completed them."""
+
+import orjson
+import pytest
+
+from bench.sse import parse_completion, parse_stream
+
+
+def chunk(content=None, role=None, finish=None, usage=None, choices=True):
+    delta = {}
+    if role:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    obj = {"object": "chat.completion.chunk"}
+    obj["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}] if choices else []
+    if usage:
+        obj["usage"] = usage
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def body_with_marks(parts_and_times):
+    """[(bytes, t_ns)] -> (body, marks): one network read per part."""
+    body, marks = b"", []
+    for part, t in parts_and_times:
+        body += part
+        marks.append((t, len(body)))
+    return body, marks
+
+
+def test_role_only_first_chunk_is_not_content():
+    body, marks = body_with_marks(
+        [
+            (chunk(role="assistant", content=""), 1_000),
+            (chunk("Hel"), 50_000),
+            (chunk("lo"), 60_000),
+            (chunk(finish="stop"), 61_000),
+            (b"data: [DONE]\n\n", 62_000),
+        ]
+    )
+    out = parse_stream(body, marks)
+    assert out.error_kind is None
+    assert out.content_times_ns == [50_000, 60_000]
+    assert out.content_chars == 5
+    assert out.done and out.finish_reason == "stop"
+
+
+def test_events_in_one_read_share_its_time():
+    body, marks = body_with_marks([(chunk("a") + chunk("b"), 10), (chunk("c") + b"data: [DONE]\n\n", 30)])
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [10, 10, 30]
+    assert out.content_reads == [0, 0, 1]
+
+
+def test_event_split_across_reads_gets_the_later_time():
+    whole = chunk("xyz")
+    body, marks = body_with_marks([(whole[:10], 5), (whole[10:], 9), (b"data: [DONE]\n\n", 12)])
+    assert parse_stream(body, marks).content_times_ns == [9]
+
+
+def test_usage_and_gateway_metrics_comment():
+    body, marks = body_with_marks(
+        [
+            (chunk("a b c"), 1),
+            (chunk(finish="length"), 2),
+            (chunk(usage={"prompt_tokens": 7, "completion_tokens": 3}, choices=False), 3),
+            (b': metrics {"ttft_ms": 12.5, "tokens_per_second": 40, "cost_per_1k_usd": 0.01, "completion_tokens": 3}\n\n', 4),
+            (b"data: [DONE]\n\n", 5),
+        ]
+    )
+    out = parse_stream(body, marks)
+    assert (out.completion_tokens, out.prompt_tokens) == (3, 7)
+    assert out.server_metrics == {"ttft_ms": 12.5, "tokens_per_second": 40, "cost_per_1k_usd": 0.01, "completion_tokens": 3}
+
+
+def test_crlf_lines_and_json_lines_without_sse_framing():
+    crlf = chunk("a").replace(b"\n", b"\r\n") + b"data: [DONE]\r\n\r\n"
+    assert parse_stream(crlf, [(1, len(crlf))]).content_times_ns == [1]
+    lines = orjson.dumps({"choices": [{"delta": {"content": "x"}, "finish_reason": None}]}) + b"\n"
+    lines += orjson.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]}) + b"\n"
+    out = parse_stream(lines, [(4, len(lines))])
+    assert out.content_times_ns == [4] and out.finish_reason == "stop" and out.error_kind is None
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (chunk("a") + b"data: {not json\n\n", "malformed_sse"),
+        (chunk("a") + b"data: [1, 2]\n\n", "malformed_sse"),
+        (chunk("a") + b"garbage line\n\n", "malformed_sse"),
+        (chunk("a") + b'data: {"choices": "x"}\n\n', "malformed_sse"),
+        (chunk("a") + b'data: {"error": {"message": "boom", "type": "server_error", "code": 500}}\n\n', "stream_error"),
+        (chunk("a") + b'event: error\ndata: {"message": "boom"}\n\n', "stream_error"),
+        (chunk("a") + chunk("b"), "stream_cut"),
+    ],
+)
+def test_faults_in_the_stream(body, kind):
+    out = parse_stream(body, [(1, len(body))])
+    assert out.error_kind == kind
+    assert out.error_detail
+
+
+def test_stream_error_detail_names_the_gateway_error():
+    body = chunk("a") + b'data: {"error": {"message": "upstream timed out", "type": "timeout", "code": 504}}\n\n'
+    assert "upstream timed out" in parse_stream(body, [(1, len(body))]).error_detail
+
+
+def test_finish_reason_without_done_is_complete():
+    body = chunk("a") + chunk(finish="stop")
+    assert parse_stream(body, [(1, len(body))]).error_kind is None
+
+
+def test_multiline_data_event_is_joined():
+    body = b'data: {"choices": [{"delta":\ndata: {"content": "hi"}, "finish_reason": "stop"}]}\n\n'
+    out = parse_stream(body, [(3, len(body))])
+    assert out.content_chars == 2 and out.error_kind is None
+
+
+def test_parse_completion():
+    body = orjson.dumps(
+        {"choices": [{"message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    )
+    out = parse_completion(body)
+    assert out.content_chars == 5 and out.completion_tokens == 2
+    assert parse_completion(b"not json") is None
+    assert parse_completion(b'{"x": 1}') is None
