@@ -293,7 +293,7 @@ def hourly_price(
         raise UnknownInstance(
             name,
             f"unknown instance type {name!r}: give its price with --price {name}=USD, "
-            f"{PRICES_ENV} or a prices file ({PRICES_FILE_ENV}); the catalog knows {known_instances()}",
+            f"{PRICES_ENV} or a prices file ({PRICES_FILE_ENV}); known: {known_instances()}",
         )
     catalog = known.catalog_prices()
     if wanted in catalog:

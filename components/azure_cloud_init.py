@@ -96,7 +96,9 @@ def encode_custom_data(text: str) -> str:
     """Base64 `custom_data`, refusing what Azure would reject only at deploy time."""
     encoded = base64.b64encode(text.encode()).decode()
     if len(encoded) > CUSTOM_DATA_LIMIT:
-        raise ValueError(f"cloud-init is {len(encoded)} base64 characters; Azure takes at most {CUSTOM_DATA_LIMIT}")
+        raise ValueError(
+            f"cloud-init is {len(encoded)} base64 characters; Azure takes at most {CUSTOM_DATA_LIMIT}"
+        )
     return encoded
 
 
@@ -240,7 +242,9 @@ def _run_vllm_script(host: VllmHost) -> str:
     bind = "127.0.0.1:" if host.tls_domain else ""
     args = vllm_arguments(host)
     # One `--flag value` pair per line.
-    flags = " \\\n  ".join(f"{_q(flag)} {_q(value)}" for flag, value in zip(args[::2], args[1::2], strict=True))
+    flags = " \\\n  ".join(
+        f"{_q(flag)} {_q(value)}" for flag, value in zip(args[::2], args[1::2], strict=True)
+    )
     return f"""\
 #!/bin/bash
 # vLLM reads the API key from VLLM_API_KEY (the same as --api-key), so it stays off every command line.

@@ -38,12 +38,22 @@ def ipv4_cidrs(field_name: str, values: Sequence[str], *, allow_anywhere: bool) 
         try:
             net = ipaddress.ip_network(text, strict=True)
         except ValueError as err:
-            hint = " (Azure service tags such as Internet or * are not accepted: give CIDRs)" if "/" not in text else ""
-            raise InvalidArgs(_COMPONENT, field_name, f"{text!r} is not an IPv4 CIDR such as 203.0.113.7/32: {err}{hint}") from None
+            hint = (
+                " (Azure service tags such as Internet or * are not accepted: give CIDRs)"
+                if "/" not in text
+                else ""
+            )
+            raise InvalidArgs(
+                _COMPONENT, field_name, f"{text!r} is not an IPv4 CIDR such as 203.0.113.7/32: {err}{hint}"
+            ) from None
         if net.version != 4:
-            raise InvalidArgs(_COMPONENT, field_name, f"{text!r} is IPv6; the VM has an IPv4 public address only")
+            raise InvalidArgs(
+                _COMPONENT, field_name, f"{text!r} is IPv6; the VM has an IPv4 public address only"
+            )
         if net.prefixlen == 0 and not allow_anywhere:
-            raise InvalidArgs(_COMPONENT, field_name, f"{text!r} opens the port to the whole Internet; list your own CIDRs")
+            raise InvalidArgs(
+                _COMPONENT, field_name, f"{text!r} opens the port to the whole Internet; list your own CIDRs"
+            )
         if str(net) in cidrs:
             raise InvalidArgs(_COMPONENT, field_name, f"{text!r} is listed twice")
         cidrs.append(str(net))
@@ -69,24 +79,48 @@ class AzureNetworkArgs:
 
     def validate(self) -> None:
         require_text(_COMPONENT, "location", self.location)
-        require(_COMPONENT, "api_port", isinstance(self.api_port, int) and 1 <= self.api_port <= 65535,
-                f"must be a TCP port (1-65535), got {self.api_port!r}")
-        require(_COMPONENT, "api_port", self.api_port not in (SSH_PORT, ACME_HTTP_PORT),
-                f"{self.api_port} is reserved here (22 is SSH, 80 the ACME challenge); pick another, e.g. 8000")
-        require(_COMPONENT, "api_source_cidrs", len(self.api_source_cidrs) > 0,
-                "lists no source CIDR, so nobody could reach the API; give at least one, e.g. your-ip/32")
+        require(
+            _COMPONENT,
+            "api_port",
+            isinstance(self.api_port, int) and 1 <= self.api_port <= 65535,
+            f"must be a TCP port (1-65535), got {self.api_port!r}",
+        )
+        require(
+            _COMPONENT,
+            "api_port",
+            self.api_port not in (SSH_PORT, ACME_HTTP_PORT),
+            f"{self.api_port} is reserved here (22 is SSH, 80 the ACME challenge); pick another, e.g. 8000",
+        )
+        require(
+            _COMPONENT,
+            "api_source_cidrs",
+            len(self.api_source_cidrs) > 0,
+            "lists no source CIDR, so nobody could reach the API; give at least one, e.g. your-ip/32",
+        )
         self.api_cidrs()
         self.ssh_cidrs()
         if self.dns_label:
-            require(_COMPONENT, "dns_label", _DNS_LABEL.fullmatch(self.dns_label) is not None,
-                    f"{self.dns_label!r} is not a DNS label: 3-63 lowercase letters, digits and hyphens, "
-                    "starting with a letter")
+            require(
+                _COMPONENT,
+                "dns_label",
+                _DNS_LABEL.fullmatch(self.dns_label) is not None,
+                f"{self.dns_label!r} is not a DNS label: 3-63 lowercase letters, digits and hyphens, "
+                "starting with a letter",
+            )
         space = self._network("address_space", self.address_space)
         subnet = self._network("subnet_prefix", self.subnet_prefix)
-        require(_COMPONENT, "subnet_prefix", subnet.subnet_of(space),
-                f"{subnet} is not inside the VNet's address space {space}")
-        require(_COMPONENT, "subnet_prefix", subnet.prefixlen <= 29,
-                f"{subnet} is too small: Azure subnets are /29 or larger")
+        require(
+            _COMPONENT,
+            "subnet_prefix",
+            subnet.subnet_of(space),
+            f"{subnet} is not inside the VNet's address space {space}",
+        )
+        require(
+            _COMPONENT,
+            "subnet_prefix",
+            subnet.prefixlen <= 29,
+            f"{subnet} is too small: Azure subnets are /29 or larger",
+        )
 
     def api_cidrs(self) -> tuple[str, ...]:
         return ipv4_cidrs("api_source_cidrs", self.api_source_cidrs, allow_anywhere=True)
@@ -101,14 +135,18 @@ class AzureNetworkArgs:
         except ValueError as err:
             raise InvalidArgs(_COMPONENT, field_name, f"{value!r} is not a CIDR: {err}") from None
         if not isinstance(net, ipaddress.IPv4Network) or not net.is_private:
-            raise InvalidArgs(_COMPONENT, field_name, f"{value!r} must be a private IPv4 range, e.g. 10.40.0.0/16")
+            raise InvalidArgs(
+                _COMPONENT, field_name, f"{value!r} must be a private IPv4 range, e.g. 10.40.0.0/16"
+            )
         return net
 
 
 def security_rules(args: AzureNetworkArgs) -> list[network.SecurityRuleArgs]:
     """The NSG's inbound allow rules; Azure's DenyAllInBound (priority 65500) drops the rest."""
 
-    def allow(name: str, priority: int, port: int, sources: Sequence[str], why: str) -> network.SecurityRuleArgs:
+    def allow(
+        name: str, priority: int, port: int, sources: Sequence[str], why: str
+    ) -> network.SecurityRuleArgs:
         return network.SecurityRuleArgs(
             name=name,
             description=why,
@@ -122,23 +160,35 @@ def security_rules(args: AzureNetworkArgs) -> list[network.SecurityRuleArgs]:
             destination_port_range=str(port),
         )
 
-    rules = [allow("allow-api", 100, args.api_port, args.api_cidrs(), "OpenAI-compatible API, configured sources only")]
+    rules = [
+        allow(
+            "allow-api",
+            100,
+            args.api_port,
+            args.api_cidrs(),
+            "OpenAI-compatible API, configured sources only",
+        )
+    ]
     if args.ssh_source_cidrs:
-        rules.append(allow("allow-ssh", 110, SSH_PORT, args.ssh_cidrs(), "SSH (key auth only) from explicit CIDRs"))
+        rules.append(
+            allow("allow-ssh", 110, SSH_PORT, args.ssh_cidrs(), "SSH (key auth only) from explicit CIDRs")
+        )
     if args.acme_http_challenge:
         # A service tag, not a CIDR list: Let's Encrypt validates from addresses it does not publish.
-        rules.append(network.SecurityRuleArgs(
-            name="allow-acme-http",
-            description="Let's Encrypt HTTP-01 challenge for the TLS certificate; Caddy redirects the rest to HTTPS",
-            priority=120,
-            direction="Inbound",
-            access="Allow",
-            protocol="Tcp",
-            source_address_prefix="Internet",
-            source_port_range="*",
-            destination_address_prefix="*",
-            destination_port_range=str(ACME_HTTP_PORT),
-        ))
+        rules.append(
+            network.SecurityRuleArgs(
+                name="allow-acme-http",
+                description="Let's Encrypt HTTP-01 challenge for the TLS certificate; Caddy redirects the rest to HTTPS",
+                priority=120,
+                direction="Inbound",
+                access="Allow",
+                protocol="Tcp",
+                source_address_prefix="Internet",
+                source_port_range="*",
+                destination_address_prefix="*",
+                destination_port_range=str(ACME_HTTP_PORT),
+            )
+        )
     return rules
 
 
@@ -192,7 +242,13 @@ class AzureNetwork(pulumi.ComponentResource):
         else:
             # DNS labels are unique per region across all of Azure: add a random suffix.
             suffix = random.RandomString(
-                f"{name}-dns-suffix", length=6, upper=False, special=False, lower=True, numeric=True, opts=child
+                f"{name}-dns-suffix",
+                length=6,
+                upper=False,
+                special=False,
+                lower=True,
+                numeric=True,
+                opts=child,
             )
             prefix = (base if base[:1].isalpha() else f"llm-{base}".rstrip("-"))[:55].rstrip("-")
             dns_label = suffix.result.apply(lambda s: f"{prefix}-{s}")
@@ -213,11 +269,13 @@ class AzureNetwork(pulumi.ComponentResource):
         self.public_ip_id = public_ip.id
         self.public_ip_address = public_ip.ip_address.apply(lambda ip: ip or "")
         self.fqdn = public_ip.dns_settings.apply(lambda dns: (dns.fqdn if dns else None) or "")
-        self.register_outputs({
-            "vnet_id": self.vnet_id,
-            "subnet_id": self.subnet_id,
-            "nsg_id": self.nsg_id,
-            "public_ip_id": self.public_ip_id,
-            "public_ip_address": self.public_ip_address,
-            "fqdn": self.fqdn,
-        })
+        self.register_outputs(
+            {
+                "vnet_id": self.vnet_id,
+                "subnet_id": self.subnet_id,
+                "nsg_id": self.nsg_id,
+                "public_ip_id": self.public_ip_id,
+                "public_ip_address": self.public_ip_address,
+                "fqdn": self.fqdn,
+            }
+        )

@@ -49,10 +49,16 @@ UBUNTU_IMAGES: dict[str, compute.ImageReferenceArgs] = {
     "22.04": compute.ImageReferenceArgs(
         publisher="Canonical", offer="0001-com-ubuntu-server-jammy", sku="22_04-lts-gen2", version="latest"
     ),
-    "24.04": compute.ImageReferenceArgs(publisher="Canonical", offer="ubuntu-24_04-lts", sku="server", version="latest"),
+    "24.04": compute.ImageReferenceArgs(
+        publisher="Canonical", offer="ubuntu-24_04-lts", sku="server", version="latest"
+    ),
 }
 
-GPU_DRIVER_EXTENSION = {"publisher": "Microsoft.HpcCompute", "type": "NvidiaGpuDriverLinux", "type_handler_version": "1.6"}
+GPU_DRIVER_EXTENSION = {
+    "publisher": "Microsoft.HpcCompute",
+    "type": "NvidiaGpuDriverLinux",
+    "type_handler_version": "1.6",
+}
 # Built-in role "Key Vault Secrets User": read secret contents, nothing else.
 KEY_VAULT_SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
 API_KEY_SECRET = "vllm-api-key"
@@ -84,7 +90,9 @@ def ssh_key_problem(key: str) -> str | None:
     """Why Azure would refuse `key` as an admin SSH key (RSA >= 2048 bits or Ed25519), or None."""
     parts = key.strip().split()
     if len(parts) < 2:
-        return "is not an OpenSSH public key line ('ssh-ed25519 AAAA... you@host'); give the .pub file's content"
+        return (
+            "is not an OpenSSH public key line ('ssh-ed25519 AAAA... you@host'); give the .pub file's content"
+        )
     kind, body = parts[0], parts[1]
     if kind not in ("ssh-rsa", "ssh-ed25519"):
         return f"is a {kind} key; Azure takes ssh-rsa (2048 bits or more) or ssh-ed25519"
@@ -145,55 +153,115 @@ class AzureVllmVmArgs:
         c = _COMPONENT
         require_text(c, "location", self.location)
         if self.vm_size in _FRACTIONAL_A10_SIZES:
-            raise InvalidArgs(c, "vm_size", f"{self.vm_size} has {_FRACTIONAL_A10_SIZES[self.vm_size]} of an A10 (a vGPU "
-                              f"slice); use a whole-GPU size: {', '.join(A10_V5_SIZES)}")
-        require(c, "vm_size", self.vm_size in A10_V5_SIZES,
-                f"{self.vm_size!r} is not an NVadsA10 v5 size with whole A10 GPUs (the GRID driver extension's "
-                f"family); use one of: {', '.join(A10_V5_SIZES)}")
-        require(c, "admin_username", isinstance(self.admin_username, str)
-                and _ADMIN_USERNAME.fullmatch(self.admin_username) is not None
-                and self.admin_username not in _RESERVED_USERNAMES,
-                f"{self.admin_username!r} is not a Linux admin name Azure accepts (lowercase, at most 32 characters, "
-                "not root/admin/administrator/...)")
+            raise InvalidArgs(
+                c,
+                "vm_size",
+                f"{self.vm_size} has {_FRACTIONAL_A10_SIZES[self.vm_size]} of an A10 (a vGPU "
+                f"slice); use a whole-GPU size: {', '.join(A10_V5_SIZES)}",
+            )
+        require(
+            c,
+            "vm_size",
+            self.vm_size in A10_V5_SIZES,
+            f"{self.vm_size!r} is not an NVadsA10 v5 size with whole A10 GPUs (the GRID driver extension's "
+            f"family); use one of: {', '.join(A10_V5_SIZES)}",
+        )
+        require(
+            c,
+            "admin_username",
+            isinstance(self.admin_username, str)
+            and _ADMIN_USERNAME.fullmatch(self.admin_username) is not None
+            and self.admin_username not in _RESERVED_USERNAMES,
+            f"{self.admin_username!r} is not a Linux admin name Azure accepts (lowercase, at most 32 characters, "
+            "not root/admin/administrator/...)",
+        )
         require_text(c, "ssh_public_key", self.ssh_public_key)
         problem = ssh_key_problem(self.ssh_public_key)
         require(c, "ssh_public_key", problem is None, f"{problem}")
-        require(c, "os_disk_size_gb", isinstance(self.os_disk_size_gb, int)
-                and MIN_OS_DISK_GB <= self.os_disk_size_gb <= MAX_OS_DISK_GB,
-                f"{self.os_disk_size_gb!r} GB cannot hold Ubuntu, the vLLM image and the model cache; "
-                f"give {MIN_OS_DISK_GB}-{MAX_OS_DISK_GB}")
-        require(c, "ubuntu_release", self.ubuntu_release in UBUNTU_IMAGES,
-                f"{self.ubuntu_release!r} is not a supported Ubuntu LTS; use one of: {', '.join(UBUNTU_IMAGES)}")
-        require(c, "image", isinstance(self.image, str) and _IMAGE_REF.fullmatch(self.image) is not None,
-                f"{self.image!r} is not a container image with a tag or digest, e.g. vllm/vllm-openai:v0.8.4")
-        require(c, "model_id", isinstance(self.model_id, str) and _MODEL_ID.fullmatch(self.model_id) is not None,
-                f"{self.model_id!r} is not a Hugging Face model id (owner/name)")
+        require(
+            c,
+            "os_disk_size_gb",
+            isinstance(self.os_disk_size_gb, int)
+            and MIN_OS_DISK_GB <= self.os_disk_size_gb <= MAX_OS_DISK_GB,
+            f"{self.os_disk_size_gb!r} GB cannot hold Ubuntu, the vLLM image and the model cache; "
+            f"give {MIN_OS_DISK_GB}-{MAX_OS_DISK_GB}",
+        )
+        require(
+            c,
+            "ubuntu_release",
+            self.ubuntu_release in UBUNTU_IMAGES,
+            f"{self.ubuntu_release!r} is not a supported Ubuntu LTS; use one of: {', '.join(UBUNTU_IMAGES)}",
+        )
+        require(
+            c,
+            "image",
+            isinstance(self.image, str) and _IMAGE_REF.fullmatch(self.image) is not None,
+            f"{self.image!r} is not a container image with a tag or digest, e.g. vllm/vllm-openai:v0.8.4",
+        )
+        require(
+            c,
+            "model_id",
+            isinstance(self.model_id, str) and _MODEL_ID.fullmatch(self.model_id) is not None,
+            f"{self.model_id!r} is not a Hugging Face model id (owner/name)",
+        )
         require_positive(c, "max_model_len", self.max_model_len)
         require_positive(c, "max_num_seqs", self.max_num_seqs)
         require_between(c, "gpu_memory_utilization", self.gpu_memory_utilization, 0.1, 0.98)
         if self.quantization:
-            require(c, "quantization", _QUANTIZATION.fullmatch(self.quantization) is not None,
-                    f"{self.quantization!r} is not a vLLM quantization method name (e.g. awq_marlin, gptq_marlin, fp8)")
-        require(c, "api_port", isinstance(self.api_port, int) and 1024 <= self.api_port <= 65535,
-                f"must be an unprivileged TCP port (1024-65535), got {self.api_port!r}")
+            require(
+                c,
+                "quantization",
+                _QUANTIZATION.fullmatch(self.quantization) is not None,
+                f"{self.quantization!r} is not a vLLM quantization method name (e.g. awq_marlin, gptq_marlin, fp8)",
+            )
+        require(
+            c,
+            "api_port",
+            isinstance(self.api_port, int) and 1024 <= self.api_port <= 65535,
+            f"must be an unprivileged TCP port (1024-65535), got {self.api_port!r}",
+        )
         if isinstance(self.tls_domain, str):
-            require(c, "tls_domain", _HOSTNAME.fullmatch(self.tls_domain) is not None,
-                    f"{self.tls_domain!r} is not a DNS name such as llm.example.com")
+            require(
+                c,
+                "tls_domain",
+                _HOSTNAME.fullmatch(self.tls_domain) is not None,
+                f"{self.tls_domain!r} is not a DNS name such as llm.example.com",
+            )
         if self.tls_email:
-            require(c, "tls_email", _EMAIL.fullmatch(self.tls_email) is not None,
-                    f"{self.tls_email!r} is not an email address")
-        require(c, "caddy_image", _IMAGE_REF.fullmatch(self.caddy_image) is not None,
-                f"{self.caddy_image!r} is not a container image with a tag, e.g. caddy:2.10")
+            require(
+                c,
+                "tls_email",
+                _EMAIL.fullmatch(self.tls_email) is not None,
+                f"{self.tls_email!r} is not an email address",
+            )
+        require(
+            c,
+            "caddy_image",
+            _IMAGE_REF.fullmatch(self.caddy_image) is not None,
+            f"{self.caddy_image!r} is not a container image with a tag, e.g. caddy:2.10",
+        )
         if self.gpu_driver_version:
-            require(c, "gpu_driver_version", _DRIVER_VERSION.fullmatch(self.gpu_driver_version) is not None,
-                    f"{self.gpu_driver_version!r} is not a driver version such as 550.144.06")
+            require(
+                c,
+                "gpu_driver_version",
+                _DRIVER_VERSION.fullmatch(self.gpu_driver_version) is not None,
+                f"{self.gpu_driver_version!r} is not a driver version such as 550.144.06",
+            )
         if self.auto_shutdown_time:
-            require(c, "auto_shutdown_time", _HHMM.fullmatch(self.auto_shutdown_time) is not None,
-                    f"{self.auto_shutdown_time!r} is not a 24-hour HHMM time such as 1900")
+            require(
+                c,
+                "auto_shutdown_time",
+                _HHMM.fullmatch(self.auto_shutdown_time) is not None,
+                f"{self.auto_shutdown_time!r} is not a 24-hour HHMM time such as 1900",
+            )
             require_text(c, "auto_shutdown_time_zone", self.auto_shutdown_time_zone)
-            require(c, "auto_shutdown_time_zone", "/" not in self.auto_shutdown_time_zone,
-                    f"{self.auto_shutdown_time_zone!r} is an IANA name; Azure wants a Windows time zone id such as "
-                    "UTC or 'W. Europe Standard Time'")
+            require(
+                c,
+                "auto_shutdown_time_zone",
+                "/" not in self.auto_shutdown_time_zone,
+                f"{self.auto_shutdown_time_zone!r} is an IANA name; Azure wants a Windows time zone id such as "
+                "UTC or 'W. Europe Standard Time'",
+            )
         require_positive(c, "log_retention_days", self.log_retention_days)
 
     @property
@@ -256,13 +324,19 @@ class AzureVllmVm(pulumi.ComponentResource):
         api_key = pulumi.Output.secret(api_key)
         secrets = [self._secret(name, "api-key", API_KEY_SECRET, api_key, args, vault)]
         if args.hf_token is not None:
-            secrets.append(self._secret(name, "hf-token", HF_TOKEN_SECRET, pulumi.Output.secret(args.hf_token), args, vault))
+            secrets.append(
+                self._secret(
+                    name, "hf-token", HF_TOKEN_SECRET, pulumi.Output.secret(args.hf_token), args, vault
+                )
+            )
 
         vault_reader = authorization.RoleAssignment(
             f"{name}-kv-secrets-user",
             scope=vault.id,
             role_definition_id=client.subscription_id.apply(
-                lambda sub: f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{KEY_VAULT_SECRETS_USER_ROLE}"
+                lambda sub: (
+                    f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{KEY_VAULT_SECRETS_USER_ROLE}"
+                )
             ),
             principal_id=identity.principal_id,
             principal_type="ServicePrincipal",
@@ -292,14 +366,18 @@ class AzureVllmVm(pulumi.ComponentResource):
             "client_id": identity.client_id,
             "tls_domain": args.tls_domain if args.tls_domain is not None else "",
         }
-        custom_data = pulumi.Output.all(**host_inputs).apply(lambda v: encode_custom_data(cloud_config(self._host(args, v))))
+        custom_data = pulumi.Output.all(**host_inputs).apply(
+            lambda v: encode_custom_data(cloud_config(self._host(args, v)))
+        )
 
         vm_name = f"{base}-vm"
         vm = compute.VirtualMachine(
             f"{name}-vm",
             vm_name=vm_name,
             hardware_profile=compute.HardwareProfileArgs(vm_size=args.vm_size),
-            identity=compute.VirtualMachineIdentityArgs(type="UserAssigned", user_assigned_identities=[identity.id]),
+            identity=compute.VirtualMachineIdentityArgs(
+                type="UserAssigned", user_assigned_identities=[identity.id]
+            ),
             storage_profile=compute.StorageProfileArgs(
                 image_reference=UBUNTU_IMAGES[args.ubuntu_release],
                 os_disk=compute.OSDiskArgs(
@@ -333,7 +411,9 @@ class AzureVllmVm(pulumi.ComponentResource):
                 network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True)]
             ),
             # Managed boot diagnostics (no storage account): serial log and screenshot in the portal.
-            diagnostics_profile=compute.DiagnosticsProfileArgs(boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)),
+            diagnostics_profile=compute.DiagnosticsProfileArgs(
+                boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
+            ),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The secrets and the identity's access exist before cloud-init first asks for them.
@@ -381,18 +461,26 @@ class AzureVllmVm(pulumi.ComponentResource):
         self.key_vault_name = vault.name
         self.key_vault_uri = vault.properties.vault_uri
         self.api_key = api_key
-        self.register_outputs({
-            "vm_id": self.vm_id,
-            "vm_name": self.vm_name,
-            "identity_principal_id": self.identity_principal_id,
-            "identity_client_id": self.identity_client_id,
-            "key_vault_name": self.key_vault_name,
-            "key_vault_uri": self.key_vault_uri,
-            "api_key": self.api_key,
-        })
+        self.register_outputs(
+            {
+                "vm_id": self.vm_id,
+                "vm_name": self.vm_name,
+                "identity_principal_id": self.identity_principal_id,
+                "identity_client_id": self.identity_client_id,
+                "key_vault_name": self.key_vault_name,
+                "key_vault_uri": self.key_vault_uri,
+                "api_key": self.api_key,
+            }
+        )
 
     def _secret(
-        self, name: str, suffix: str, secret_name: str, value: pulumi.Output[str], args: AzureVllmVmArgs, vault: keyvault.Vault
+        self,
+        name: str,
+        suffix: str,
+        secret_name: str,
+        value: pulumi.Output[str],
+        args: AzureVllmVmArgs,
+        vault: keyvault.Vault,
     ) -> keyvault.Secret:
         return keyvault.Secret(
             f"{name}-{suffix}",

@@ -96,6 +96,10 @@ def quantity(value: float) -> str:
 
 def skip_annotations(skips: Mapping[str, str]) -> dict[str, str]:
     """checkov's in-manifest suppressions (`checkov.io/skipN: CHECK_ID=reason`), each with its reason."""
+    for check, reason in skips.items():
+        # checkov splits the annotation on "=": a reason containing one breaks its parser.
+        if "=" in reason or not reason.strip():
+            raise ValueError(f"{check}: a suppression reason must be non-empty and free of '=': {reason!r}")
     return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(sorted(skips.items()), start=1)}
 
 
@@ -383,7 +387,8 @@ class VllmKubernetes(pulumi.ComponentResource):
         in_namespace = pulumi.ResourceOptions(parent=self, depends_on=[namespace])
 
         if args.api_key is None:
-            self.api_key = pulumi.Output.secret(pulumi_random.RandomPassword(f"{name}-api-key", length=48, special=False, opts=child).result)
+            generated = pulumi_random.RandomPassword(f"{name}-generated-api-key", length=48, special=False, opts=child)
+            self.api_key = pulumi.Output.secret(generated.result)
         else:
             self.api_key = pulumi.Output.secret(args.api_key)
         api_key_secret = core.v1.Secret(
@@ -534,7 +539,7 @@ def _vllm_skips(args: VllmKubernetesArgs) -> dict[str, str]:
     if "@sha256:" not in args.image:
         skips["CKV_K8S_43"] = "version tag from the gkeVllmImageTag key; set it to TAG@sha256:DIGEST to pin a digest"
     if not args.hardened:
-        reason = "gkeHardenedPod=false runs the image as built (root, writable root filesystem) for tags that need it"
+        reason = "gkeHardenedPod is off: the image runs as built (root, writable root filesystem) for tags that need it"
         skips.update({"CKV_K8S_22": reason, "CKV_K8S_23": reason, "CKV_K8S_40": reason})
     return skips
 

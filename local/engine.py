@@ -106,8 +106,9 @@ def built_binary(build: EngineBuild | None = None, root: Path | None = None) -> 
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 
-def missing_build_tools(which: Callable[[str], str | None] = shutil.which) -> list[str]:
+def missing_build_tools(which: Callable[[str], str | None] | None = None) -> list[str]:
     """Names of the build tools absent from PATH (empty when a build can start)."""
+    which = which or shutil.which
     missing = []
     if not which("cmake"):
         missing.append("cmake")
@@ -120,7 +121,7 @@ def missing_build_tools(which: Callable[[str], str | None] = shutil.which) -> li
     return missing
 
 
-def require_build_tools(which: Callable[[str], str | None] = shutil.which) -> None:
+def require_build_tools(which: Callable[[str], str | None] | None = None) -> None:
     missing = missing_build_tools(which)
     if missing:
         raise LocalSetupError(

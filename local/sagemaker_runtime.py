@@ -300,6 +300,10 @@ def synthetic_reply(
     lines.append(chunk(None, finish_reason="length", **ids))
     if (body.get("stream_options") or {}).get("include_usage"):
         lines.append(usage_chunk(prompt_tokens, int(max_tokens), **ids))
+    stamp = timing.get("stamp_field")
+    if stamp:  # benchmarks: when the request arrived, beside when each chunk is sent
+        arrived = time.monotonic_ns()
+        lines = [{**line, f"{stamp}_request": arrived} for line in lines]
     return Reply(lines=lines, **timing)
 
 
@@ -529,9 +533,11 @@ class SageMakerRuntimeEmulator:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_ready: Callable[[], None] | None = None) -> None:
         """Serve in the current event loop until cancelled (the CLI)."""
         await self._serve()
+        if on_ready is not None:
+            on_ready()
         try:
             await asyncio.Event().wait()
         finally:
@@ -667,6 +673,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8081)
     parser.add_argument("--interval", type=float, default=0.01, help="synthetic model: seconds between tokens")
     parser.add_argument("--first-token-delay", type=float, default=0.05, help="synthetic model: seconds to first token")
+    parser.add_argument("--stamp-field", default=None,
+                        help="synthetic model: put time.monotonic_ns() at sending in this field of every chunk")
     args = parser.parse_args(argv)
 
     if args.forward:
@@ -675,14 +683,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.script:
         backend, what = _script_backend(args.script), f"replaying {args.script}"
     else:
-        backend = Scripted(lambda body: synthetic_reply(body, first_byte_delay=args.first_token_delay, interval=args.interval))
+        backend = Scripted(lambda body: synthetic_reply(body, first_byte_delay=args.first_token_delay,
+                                                        interval=args.interval, stamp_field=args.stamp_field))
         what = "synthetic model"
     names = args.endpoint_name or ["llm"]
     emulator = SageMakerRuntimeEmulator({name: backend for name in names}, host=args.host, port=args.port)
-    print(f"SageMaker runtime emulator on http://{args.host}:{args.port} ({what}); endpoints: {', '.join(names)}",
-          flush=True)
+
+    def ready() -> None:
+        print(f"SageMaker runtime emulator on {emulator.endpoint_url} ({what}); endpoints: {', '.join(names)}",
+              flush=True)
+
     try:
-        asyncio.run(emulator.serve_forever())
+        asyncio.run(emulator.serve_forever(ready))
     except KeyboardInterrupt:
         pass
 

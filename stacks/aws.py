@@ -10,6 +10,7 @@ from bench import catalog
 from components.aws_common import sagemaker_instance_types
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs
+from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
 from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
 
@@ -37,6 +38,19 @@ CONFIG_KEYS = {
     "slo_latency_p99_ms": "sloLatencyP99Ms",
     "alarm_email": "alarmEmail",
     "price_per_hour": "pricePerHour",
+    # the streaming gateway
+    "mode": "gatewayMode",
+    "api_key_source": "gatewayApiKeySource",
+    "function_url_auth": "gatewayFunctionUrlAuth",
+    "limits.rate_per_second": "gatewayRateLimit",
+    "limits.burst": "gatewayBurstLimit",
+    "limits.quota": "gatewayQuota",
+    "limits.quota_period": "gatewayQuotaPeriod",
+    "limits.timeout_seconds": "gatewayTimeoutSeconds",
+    "limits.memory_mb": "gatewayMemoryMb",
+    "limits.max_body_bytes": "gatewayMaxBodyBytes",
+    "stage_name": "gatewayStageName",
+    "lwa_layer_arn": "gatewayLwaLayerArn",
 }
 
 
@@ -115,8 +129,40 @@ def build() -> dict[str, Any]:
                 tags=tags,
             ),
         )
+        # OpenAI-compatible streaming front door; its EMF metrics feed the autoscaling policy above.
+        gateway = StreamingGateway(
+            "llm-gateway",
+            StreamingGatewayArgs(
+                endpoint_name=endpoint.endpoint_name,
+                endpoint_arn=endpoint.endpoint_arn,
+                region=region,
+                price_per_hour=price,
+                model_id=cfg.text("modelId"),
+                max_model_len=cfg.integer("maxModelLen"),
+                code=pulumi.FileArchive(str(gateway_bundle())),
+                mode=cfg.text("gatewayMode"),
+                api_key_source=cfg.text("gatewayApiKeySource"),
+                function_url_auth=cfg.text("gatewayFunctionUrlAuth"),
+                limits=GatewayLimits(
+                    rate_per_second=cfg.number("gatewayRateLimit"),
+                    burst=cfg.integer("gatewayBurstLimit"),
+                    quota=cfg.integer("gatewayQuota"),
+                    quota_period=cfg.text("gatewayQuotaPeriod"),
+                    timeout_seconds=cfg.integer("gatewayTimeoutSeconds"),
+                    memory_mb=cfg.integer("gatewayMemoryMb"),
+                    max_body_bytes=cfg.integer("gatewayMaxBodyBytes"),
+                ),
+                log_retention_days=cfg.integer("logRetentionDays"),
+                stage_name=cfg.text("gatewayStageName"),
+                lwa_layer_arn=cfg.text("gatewayLwaLayerArn", allow_empty=True),
+                manage_account_log_role=cfg.boolean("gatewayManageAccountLogRole"),
+                tags=tags,
+            ),
+        )
 
     return {
+        "url": gateway.url,
+        "apiKey": gateway.api_key,
         "endpointName": endpoint.endpoint_name,
         "region": region,
         "instanceType": instance_type,

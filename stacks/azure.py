@@ -7,6 +7,7 @@ VM of that size (see docs/azure.md). The endpoint is OpenAI-compatible at `url`,
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pulumi
@@ -47,6 +48,7 @@ CONFIG_KEYS = {
 
 LOCATION_KEY = "azure-native:location"
 _LOCATION = re.compile(r"^[a-z][a-z0-9]+$")
+_GROUP_NAME = re.compile(r"^[-\w.()]{0,89}[-\w()]$")
 HTTPS_PORT = 443
 
 
@@ -73,11 +75,15 @@ def hourly_price(cfg: StackConfig, vm_size: str, region: str) -> float:
     except catalog.UnknownPrice:
         pass
     except catalog.UnknownInstance:
-        raise ConfigError(cfg.key("pricePerHour"), configured, f"the catalog has no price for {vm_size}", fix) from None
+        raise ConfigError(
+            cfg.key("pricePerHour"), configured, f"the catalog has no price for {vm_size}", fix
+        ) from None
     try:
         price = catalog.hourly_price(vm_size)
     except catalog.UnknownInstance:
-        raise ConfigError(cfg.key("pricePerHour"), configured, f"the catalog has no price for {vm_size}", fix) from None
+        raise ConfigError(
+            cfg.key("pricePerHour"), configured, f"the catalog has no price for {vm_size}", fix
+        ) from None
     pulumi.log.warn(
         f"the catalog has no {vm_size} price for {region}: pricePerHour shows its default-region price ({price}); {fix}"
     )
@@ -106,68 +112,88 @@ def build() -> dict[str, Any]:
     tls = cfg.boolean("tls")
     tls_domain = cfg.text("tlsDomain", allow_empty=True)
     if tls_domain and not tls:
-        raise ConfigError(cfg.key("tlsDomain"), tls_domain, "is set but tls is false",
-                          f"turn TLS on with `pulumi config set {cfg.key('tls')} true`, or remove tlsDomain")
+        raise ConfigError(
+            cfg.key("tlsDomain"),
+            tls_domain,
+            "is set but tls is false",
+            f"turn TLS on with `pulumi config set {cfg.key('tls')} true`, or remove tlsDomain",
+        )
     vllm_port = cfg.integer("apiPort")
     public_port = HTTPS_PORT if tls else vllm_port
     api_cidrs = source_cidrs(cfg, "apiSourceCidrs", required=True)
-    if any(cidr.strip() in ("0.0.0.0/0", "0.0.0.0") for cidr in api_cidrs):
-        pulumi.log.warn(f"{cfg.key('apiSourceCidrs')} opens the API to the whole Internet; only the API key guards it")
+    if any(cidr.strip() == "0.0.0.0/0" for cidr in api_cidrs):
+        pulumi.log.warn(
+            f"{cfg.key('apiSourceCidrs')} opens the API to the whole Internet; only the API key guards it"
+        )
+
+    group_name = cfg.text("resourceGroupName", allow_empty=True) or f"rg-{PROJECT}-{azure_name(stack)}"
+    if not _GROUP_NAME.fullmatch(group_name):
+        raise ConfigError(
+            cfg.key("resourceGroupName"),
+            group_name,
+            "is not a resource group name (1-90 letters, digits, _ - . ( ), not ending in a period)",
+        )
+    with config_keys(cfg, CONFIG_KEYS):
+        # Both components' args are checked before the first resource registers: `pulumi up` creates
+        # resources as they register, so a late config error would leave a half-built stack.
+        network_args = AzureNetworkArgs(
+            resource_group_name=group_name,
+            location=region,
+            api_source_cidrs=api_cidrs,
+            api_port=public_port,
+            ssh_source_cidrs=source_cidrs(cfg, "sshSourceCidrs", required=False),
+            acme_http_challenge=tls,
+            dns_label=cfg.text("dnsLabel", allow_empty=True),
+            address_space=cfg.text("vnetAddressSpace"),
+            subnet_prefix=cfg.text("subnetPrefix"),
+            tags=tags,
+        )
+        network_args.validate()
+        vm_args = AzureVllmVmArgs(
+            resource_group_name=group_name,
+            location=region,
+            subnet_id="",  # set below, once the network exists
+            public_ip_id="",
+            ssh_public_key=_ssh_public_key(cfg),
+            model_id=model_id,
+            vm_size=vm_size,
+            admin_username=cfg.text("adminUsername"),
+            os_disk_size_gb=cfg.integer("osDiskSizeGb"),
+            ubuntu_release=cfg.text("ubuntuRelease"),
+            image=cfg.text("vllmImage"),
+            max_model_len=cfg.integer("maxModelLen"),
+            max_num_seqs=cfg.integer("maxBatchSize"),
+            gpu_memory_utilization=cfg.number("gpuMemoryUtilization"),
+            quantization=cfg.text("vllmQuantization", allow_empty=True),
+            api_port=vllm_port,
+            api_key=cfg.secret("apiKey"),
+            hf_token=cfg.secret("hfToken"),
+            tls_domain=tls_domain or None,
+            tls_email=cfg.text("tlsEmail", allow_empty=True),
+            caddy_image=cfg.text("caddyImage"),
+            gpu_driver_version=cfg.text("gpuDriverVersion", allow_empty=True),
+            auto_shutdown_time=cfg.text("autoShutdownTime", allow_empty=True),
+            auto_shutdown_time_zone=cfg.text("autoShutdownTimeZone"),
+            log_retention_days=cfg.integer("logRetentionDays", minimum=1),
+            tags=tags,
+        )
+        vm_args.validate()
     price = hourly_price(cfg, vm_size, region)
 
     group = resources.ResourceGroup(
-        f"llm-{stack}-rg",
-        resource_group_name=cfg.text("resourceGroupName", allow_empty=True) or f"rg-{PROJECT}-{azure_name(stack)}",
-        location=region,
-        tags=tags,
+        f"llm-{stack}-rg", resource_group_name=group_name, location=region, tags=tags
     )
-    with config_keys(cfg, CONFIG_KEYS):
-        net = AzureNetwork(
-            f"llm-{stack}",
-            AzureNetworkArgs(
-                resource_group_name=group.name,
-                location=region,
-                api_source_cidrs=api_cidrs,
-                api_port=public_port,
-                ssh_source_cidrs=source_cidrs(cfg, "sshSourceCidrs", required=False),
-                acme_http_challenge=tls,
-                dns_label=cfg.text("dnsLabel", allow_empty=True),
-                address_space=cfg.text("vnetAddressSpace"),
-                subnet_prefix=cfg.text("subnetPrefix"),
-                tags=tags,
-            ),
-        )
-        vm = AzureVllmVm(
-            f"llm-{stack}",
-            AzureVllmVmArgs(
-                resource_group_name=group.name,
-                location=region,
-                subnet_id=net.subnet_id,
-                public_ip_id=net.public_ip_id,
-                ssh_public_key=_ssh_public_key(cfg),
-                model_id=model_id,
-                vm_size=vm_size,
-                admin_username=cfg.text("adminUsername"),
-                os_disk_size_gb=cfg.integer("osDiskSizeGb"),
-                ubuntu_release=cfg.text("ubuntuRelease"),
-                image=cfg.text("vllmImage"),
-                max_model_len=cfg.integer("maxModelLen"),
-                max_num_seqs=cfg.integer("maxBatchSize"),
-                gpu_memory_utilization=cfg.number("gpuMemoryUtilization"),
-                quantization=cfg.text("vllmQuantization", allow_empty=True),
-                api_port=vllm_port,
-                api_key=cfg.secret("apiKey"),
-                hf_token=cfg.secret("hfToken"),
-                tls_domain=(tls_domain or net.fqdn) if tls else None,
-                tls_email=cfg.text("tlsEmail", allow_empty=True),
-                caddy_image=cfg.text("caddyImage"),
-                gpu_driver_version=cfg.text("gpuDriverVersion", allow_empty=True),
-                auto_shutdown_time=cfg.text("autoShutdownTime", allow_empty=True),
-                auto_shutdown_time_zone=cfg.text("autoShutdownTimeZone"),
-                log_retention_days=cfg.integer("logRetentionDays", minimum=1),
-                tags=tags,
-            ),
-        )
+    net = AzureNetwork(f"llm-{stack}", replace(network_args, resource_group_name=group.name))
+    vm = AzureVllmVm(
+        f"llm-{stack}",
+        replace(
+            vm_args,
+            resource_group_name=group.name,
+            subnet_id=net.subnet_id,
+            public_ip_id=net.public_ip_id,
+            tls_domain=(tls_domain or net.fqdn) if tls else None,
+        ),
+    )
 
     if tls:
         url = pulumi.Output.from_input(tls_domain or net.fqdn).apply(lambda host: f"https://{host}/v1")
@@ -195,6 +221,6 @@ def _ssh_public_key(cfg: StackConfig) -> str:
             cfg.key("sshPublicKey"),
             key,
             "is empty; Azure needs an admin SSH public key even while the NSG keeps SSH closed",
-            f"`pulumi config set {cfg.key('sshPublicKey')} \"$(cat ~/.ssh/id_ed25519.pub)\"`",
+            f'`pulumi config set {cfg.key("sshPublicKey")} "$(cat ~/.ssh/id_ed25519.pub)"`',
         )
     return key

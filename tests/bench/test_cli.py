@@ -28,7 +28,7 @@ URL = "http://127.0.0.1:9/v1"
         ([URL, "--timeout", "0"], "--timeout"),
         ([URL, "--price-per-hour", "1", "--instance", "ml.g5.2xlarge"], "not both"),
         ([URL, "--price-per-hour", "-2"], "--price-per-hour"),
-        ([URL, "--instance", "p5.48xlarge"], "known: "),
+        ([URL, "--instance", "x9.mega"], "known: aws: "),
         ([URL, "--max-error-rate", "2"], "--max-error-rate"),
         ([URL, "--extra-body", "[1]"], "JSON object"),
         ([URL, "--extra-body", "{bad"], "not valid JSON"),

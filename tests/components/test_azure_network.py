@@ -88,7 +88,9 @@ def test_acme_challenge_opens_port_80_and_nothing_else_to_the_internet():
     assert len({rule.priority for rule in rules.values()}) == len(rules)
 
 
-@pytest.mark.parametrize("text, expected", [("llm-azure", "llm-azure"), ("LLM_prod.eu", "llm-prod-eu"), ("a--b--", "a-b")])
+@pytest.mark.parametrize(
+    "text, expected", [("llm-azure", "llm-azure"), ("LLM_prod.eu", "llm-prod-eu"), ("a--b--", "a-b")]
+)
 def test_azure_name(text, expected):
     assert azure_name(text) == expected
 
@@ -126,7 +128,9 @@ def test_the_component_creates_a_guarded_subnet_and_a_named_public_ip():
 
 
 def test_a_given_dns_label_needs_no_random_suffix():
-    run = run_program(lambda: {"fqdn": AzureNetwork("n", replace(ARGS, dns_label="my-llm")).fqdn}, stack="dev")
+    run = run_program(
+        lambda: {"fqdn": AzureNetwork("n", replace(ARGS, dns_label="my-llm")).fqdn}, stack="dev"
+    )
     assert run.of_type("random:index/randomString:RandomString") == []
     assert run.outputs["fqdn"] == "my-llm.eastus.cloudapp.azure.com"
 

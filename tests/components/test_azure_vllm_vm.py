@@ -49,7 +49,11 @@ VM = "azure-native:compute:VirtualMachine"
         ({"ssh_public_key": "ecdsa-sha2-nistp256 AAAA x"}, "ssh_public_key", "ssh-rsa .* or ssh-ed25519"),
         ({"ssh_public_key": "ssh-ed25519 not*base64 x"}, "ssh_public_key", "not valid base64"),
         ({"ssh_public_key": rsa_public_key(1024)}, "ssh_public_key", "shorter than 2048"),
-        ({"ssh_public_key": "ssh-rsa " + ed25519_public_key().split()[1]}, "ssh_public_key", "not a ssh-rsa key"),
+        (
+            {"ssh_public_key": "ssh-rsa " + ed25519_public_key().split()[1]},
+            "ssh_public_key",
+            "not a ssh-rsa key",
+        ),
         ({"ubuntu_release": "20.04"}, "ubuntu_release", "22.04, 24.04"),
         ({"image": "vllm/vllm-openai"}, "image", "with a tag or digest"),
         ({"image": "vllm/vllm-openai:v0.8.4; rm -rf /"}, "image", "with a tag or digest"),
@@ -65,7 +69,11 @@ VM = "azure-native:compute:VirtualMachine"
         ({"gpu_driver_version": "latest"}, "gpu_driver_version", "driver version"),
         ({"auto_shutdown_time": "7pm"}, "auto_shutdown_time", "HHMM"),
         ({"auto_shutdown_time": "2460"}, "auto_shutdown_time", "HHMM"),
-        ({"auto_shutdown_time": "1900", "auto_shutdown_time_zone": "Europe/Berlin"}, "auto_shutdown_time_zone", "Windows time zone"),
+        (
+            {"auto_shutdown_time": "1900", "auto_shutdown_time_zone": "Europe/Berlin"},
+            "auto_shutdown_time_zone",
+            "Windows time zone",
+        ),
         ({"log_retention_days": 0}, "log_retention_days", "positive"),
     ],
 )
@@ -140,7 +148,10 @@ def test_the_vm_is_the_size_asked_with_key_only_ssh_boot_diagnostics_and_a_sized
     assert disk["deleteOption"] == "Delete"
     assert disk["managedDisk"] == {"storageAccountType": "Premium_LRS"}
     assert vm["storageProfile"]["imageReference"] == {
-        "publisher": "Canonical", "offer": "ubuntu-24_04-lts", "sku": "server", "version": "latest"
+        "publisher": "Canonical",
+        "offer": "ubuntu-24_04-lts",
+        "sku": "server",
+        "version": "latest",
     }
     nic = run.one("azure-native:network:NetworkInterface")
     assert vm["networkProfile"]["networkInterfaces"] == [{"id": nic.state["id"], "primary": True}]

@@ -74,6 +74,8 @@ def test_helpers():
         "checkov.io/skip1": "CKV_A=why a",
         "checkov.io/skip2": "CKV_B=why b",
     }
+    with pytest.raises(ValueError, match="free of '='"):
+        skip_annotations({"CKV_A": "because x=y"})
 
 
 def test_vllm_arguments_carry_the_engine_settings_and_no_key():

@@ -58,6 +58,7 @@ def test_missing_tools_are_named_with_the_debian_packages(tmp_path, monkeypatch)
         "cmake", "a C++ compiler (g++ or clang++)", "a C compiler (gcc or clang)", "make or ninja"]
     assert missing_build_tools(lambda name: f"/usr/bin/{name}") == []
     monkeypatch.setattr(engine.shutil, "which", lambda name: None if name == "cmake" else f"/usr/bin/{name}")
+    monkeypatch.setattr(engine, "llama_cpp_source_dir", lambda *a, **k: pytest.fail("must stop before fetching"))
     with pytest.raises(LocalSetupError) as error:
         engine.build_engine(EngineBuild(), root=tmp_path)
     assert "missing cmake" in str(error.value)
