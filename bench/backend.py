@@ -25,6 +25,9 @@ HEADER_METRICS = {
     "x-cost-per-1k-usd": "cost_per_1k_usd",
 }
 READ_BUFSIZE = 4 * 1024 * 1024
+# Idle pooled connections are dropped before the servers' own idle timeout (uvicorn, which vLLM runs on,
+# and llama.cpp's cpp-httplib both close after 5 s): reusing one the server is closing fails at once.
+KEEPALIVE_S = 4.0
 ERROR_BODY_LIMIT = 2048
 
 
@@ -39,6 +42,8 @@ class RawReply:
     header_metrics: dict | None = None
     error_kind: str | None = None
     error_detail: str | None = None
+    # Sent again on a fresh connection after a pooled one was closed under it (see Backend.send).
+    retried: bool = False
 
 
 class _StampingProtocol(ResponseHandler):
@@ -143,7 +148,9 @@ class Backend:
             )
             return
         connector_cls = StampingConnector if self.stamping == "protocol" else aiohttp.TCPConnector
-        connector = connector_cls(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+        connector = connector_cls(
+            limit=0, ttl_dns_cache=300, enable_cleanup_closed=False, keepalive_timeout=KEEPALIVE_S
+        )
         self._session = aiohttp.ClientSession(
             connector=connector,
             trust_env=False,
@@ -172,7 +179,18 @@ class Backend:
                 if self._httpx is not None:
                     await self._send_httpx(body, headers, reply)
                 else:
-                    await self._send_aiohttp(body, headers, reply)
+                    try:
+                        await self._send_aiohttp(body, headers, reply)
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                        # Closed before any reply (or before the body could be written): the race of
+                        # reusing a keep-alive connection the server was closing. Like urllib3, send
+                        # once more on a new connection; the clock keeps running from the first try.
+                        # A server that really drops requests fails the second try too, and that is
+                        # counted. A refused connection is no such race.
+                        if isinstance(exc, aiohttp.ClientConnectorError) or reply.status or reply.retried:
+                            raise
+                        reply.retried = True
+                        await self._send_aiohttp(body, headers, reply)
         except TimeoutError:
             reply.error_kind = "timeout"
             reply.error_detail = f"no complete reply within --timeout {self.timeout_s:g}s"

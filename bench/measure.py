@@ -24,6 +24,8 @@ def measure(reply: RawReply, *, allow_buffered: bool = False) -> dict:
     rec: dict = {"status": reply.status, "ok": False, "error": reply.error_kind, "error_detail": reply.error_detail}
     rec["total_ms"] = _ms(reply.t_end_ns - reply.t_start_ns)
     rec["bytes"] = len(reply.body)
+    if reply.retried:
+        rec["retried"] = True
     if reply.error_kind is not None:
         return rec
     buffered_json = "json" in reply.content_type and "event-stream" not in reply.content_type

@@ -24,10 +24,10 @@ spread; or per request with the header `X-Mock-Fault: KIND`):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +70,8 @@ class MockConfig:
     api_key: str | None = None
     model: str = "mock-model"
     seed: int = 0
+    # Seconds an idle keep-alive connection stays open (uvicorn, under vLLM, closes after 5).
+    keepalive_s: float = 75.0
 
     def __post_init__(self):
         for kind, fraction in self.faults.items():
@@ -81,6 +83,8 @@ class MockConfig:
             raise ValueError("fault fractions add up to more than 1")
         if self.tokens_per_chunk < 1:
             raise ValueError("tokens_per_chunk must be >= 1")
+        if self.keepalive_s <= 0:
+            raise ValueError("keepalive_s must be > 0 seconds")
 
 
 def _sse(obj) -> bytes:
@@ -96,19 +100,24 @@ class _State:
         self.by_fault: collections.Counter = collections.Counter()
         self.arrivals_ns: collections.deque = collections.deque(maxlen=100_000)
         self.rng = random.Random(cfg.seed)
-        self._fault_table = list(cfg.faults.items())
+        self._fault_table = [(kind, fraction) for kind, fraction in cfg.faults.items() if fraction > 0]
+        self._fault_total = sum(fraction for _kind, fraction in self._fault_table)
+        self._faulted = 0
+        self._served: collections.Counter = collections.Counter()
 
     def pick_fault(self, index: int) -> str | None:
-        # Request i gets fault k when floor((i+1)*f) > floor(i*f) over the cumulative fractions:
-        # exactly that fraction of requests, spread evenly, reproducible.
-        lo = 0.0
-        for kind, fraction in self._fault_table:
-            a, b = index * lo, index * (lo + fraction)
-            a1, b1 = (index + 1) * lo, (index + 1) * (lo + fraction)
-            if int(b1) - int(a1) > int(b) - int(a):
-                return kind
-            lo += fraction
-        return None
+        # Request i is faulted when floor((i+1)*F) > floor(i*F), F the fractions' sum: exactly floor(n*F)
+        # of the first n requests, spread evenly (1e-9 absorbs float error in F, e.g. 0.1+0.2+0.4). The j-th
+        # faulted request goes to the kind furthest behind its share (j+1)*f/F (ties: the order given), so
+        # every kind gets exactly n*f of the first n requests whenever that is whole. Reproducible.
+        total = self._fault_total
+        if not total or int((index + 1) * total + 1e-9) <= int(index * total + 1e-9):
+            return None
+        j = self._faulted
+        self._faulted += 1
+        kind = max(self._fault_table, key=lambda kf: (j + 1) * kf[1] / total - self._served[kf[0]])[0]
+        self._served[kind] += 1
+        return kind
 
 
 STATE = web.AppKey("state", _State)
@@ -318,7 +327,9 @@ class MockServer:
         return self.url
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, keepalive_timeout=self.cfg.keepalive_s
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -352,9 +363,14 @@ def _parse_faults(specs: list[str]) -> dict:
     return faults
 
 
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _serve_forever(cfg: MockConfig, host: str, port: int, reuse_port: bool, loop: str) -> None:
     async def serve() -> None:
-        runner = web.AppRunner(build_app(cfg), access_log=None, handler_cancellation=True)
+        runner = web.AppRunner(build_app(cfg), access_log=None, handler_cancellation=True,
+                               keepalive_timeout=cfg.keepalive_s)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         while True:
@@ -396,6 +412,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--processes", type=int, default=1, help="serve from N processes (SO_REUSEPORT)")
     p.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keepalive-s", type=float, default=75.0,
+                   help="close idle keep-alive connections after this many seconds (uvicorn: 5)")
     args = p.parse_args(argv)
     try:
         cfg = MockConfig(
@@ -412,6 +430,7 @@ def main(argv: list[str]) -> int:
             api_key=args.api_key,
             model=args.model,
             seed=args.seed,
+            keepalive_s=args.keepalive_s,
         )
     except ValueError as exc:
         p.error(str(exc))
@@ -434,6 +453,8 @@ def main(argv: list[str]) -> int:
     ]
     for proc in procs:
         proc.start()
+    # SIGTERM (kill, a supervisor) stops the servers as Ctrl-C does, rather than orphaning them on the port.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while all(proc.is_alive() for proc in procs):
             time.sleep(0.5)

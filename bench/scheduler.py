@@ -61,6 +61,13 @@ def arrival_gaps_ns(rate: float, arrival: str, rng: random.Random):
         yield rng.expovariate(1.0) * mean_ns
 
 
+async def _sleep_until(t_ns: int) -> None:
+    """Sleep until perf_counter_ns() >= t_ns. uvloop's timers have millisecond resolution and can fire up
+    to ~1 ms early, which would send open-loop arrivals before their time (negative client lag)."""
+    while (delay := t_ns - perf_counter_ns()) > 0:
+        await asyncio.sleep(delay / 1e9)
+
+
 class LevelRunner:
     def __init__(
         self,
@@ -138,9 +145,7 @@ class LevelRunner:
             self._tasks.discard(task)
 
     async def run(self) -> None:
-        delay = (self.spec.start_at_ns - perf_counter_ns()) / 1e9
-        if delay > 0:
-            await asyncio.sleep(delay)
+        await _sleep_until(self.spec.start_at_ns)
         if self.spec.mode == "closed":
             if self.spec.warmup:
                 await self._closed_phase(self.spec.warmup, None, warmup=True)
@@ -182,9 +187,7 @@ class LevelRunner:
                 break
             if spec.duration_s and measure_from is not None and scheduled - measure_from >= spec.duration_s * 1e9:
                 break
-            delay = scheduled - perf_counter_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / 1e9)
+            await _sleep_until(scheduled)
             await cap.acquire()
             if self._stopped:
                 break

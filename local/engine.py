@@ -387,30 +387,33 @@ def running_engine(
         server.stop()
 
 
+def build_with_progress(build: EngineBuild, console) -> Path:
+    """`build_engine` with a rich progress bar on `console` (a cached build returns at once)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]building llama-server"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("build", total=1.0)
+        return build_engine(
+            build, on_progress=lambda fraction, _line: progress.update(task, completed=fraction), log=console.print
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m local.engine [--native]`: build (or find) llama-server and print its path."""
     import argparse
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     parser = argparse.ArgumentParser(prog="python -m local.engine", description=main.__doc__)
     parser.add_argument("--native", action="store_true", help="tune for this CPU instead of a portable build")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compile jobs")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
-    build = EngineBuild(portable=not args.native, jobs=args.jobs)
     try:
-        with Progress(
-            TextColumn("[bold]building llama-server"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), console=console, transient=True,
-        ) as progress:
-            task = progress.add_task("build", total=1.0)
-            binary = build_engine(
-                build,
-                on_progress=lambda fraction, _line: progress.update(task, completed=fraction),
-                log=console.print,
-            )
+        binary = build_with_progress(EngineBuild(portable=not args.native, jobs=args.jobs), console)
     except LocalSetupError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1

@@ -32,7 +32,16 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientOSError,
+    ClientSession,
+    ClientTimeout,
+    ServerDisconnectedError,
+    TCPConnector,
+    web,
+)
 
 ACCOUNT_ID = "123456789012"
 EVENT_STREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
@@ -333,6 +342,11 @@ def fold_chunks(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+# Idle pooled connections to the model server are dropped before its own idle timeout (5 s for both
+# llama.cpp's cpp-httplib and uvicorn, which vLLM runs on).
+KEEPALIVE_S = 4.0
+
+
 class Forward:
     """Relays each call to an OpenAI-compatible server at `base_url` (ending in /v1)."""
 
@@ -345,7 +359,9 @@ class Forward:
     def _client(self) -> ClientSession:
         # Created on first use, inside the emulator's event loop; trust_env=False: no proxy/netrc look-ups.
         if self._session is None or self._session.closed:
-            self._session = ClientSession(timeout=self._timeout, trust_env=False)
+            self._session = ClientSession(
+                timeout=self._timeout, trust_env=False, connector=TCPConnector(keepalive_timeout=KEEPALIVE_S)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -354,11 +370,14 @@ class Forward:
 
     async def _post(self, body: bytes):
         try:
-            response = await self._client().post(
-                f"{self.base_url}/chat/completions",
-                data=body,
-                headers={**self._headers, "Content-Type": "application/json"},
-            )
+            try:
+                response = await self._send(body)
+            except (ServerDisconnectedError, ClientOSError) as err:
+                # A pooled keep-alive connection the model server was closing (llama.cpp and uvicorn
+                # close idle ones after 5 s): send once more on a new connection. Refusals are real.
+                if isinstance(err, ClientConnectorError):
+                    raise
+                response = await self._send(body)
         except (ClientError, OSError) as err:
             raise ServiceError.service_unavailable(
                 f"the model server at {self.base_url} does not answer ({type(err).__name__}: {err})"
@@ -370,6 +389,11 @@ class Forward:
                 raise ServiceError.model_not_ready(f"the model server is not ready: {text}")
             raise ServiceError.model_error(response.status, text)
         return response
+
+    def _send(self, body: bytes):
+        return self._client().post(
+            f"{self.base_url}/chat/completions", data=body, headers={**self._headers, "Content-Type": "application/json"}
+        )
 
     async def open_stream(self, body: bytes) -> AsyncIterator[bytes]:
         request = _json_body(body)
@@ -468,7 +492,7 @@ class SageMakerRuntimeEmulator:
             region_name=region,
             endpoint_url=self.endpoint_url,
             aws_access_key_id="local",
-            aws_secret_access_key="local",
+            aws_secret_access_key="local",  # pragma: allowlist secret (dummy credential for the local endpoint)
             config=botocore.config.Config(retries={"total_max_attempts": 1}, **config),
         )
 

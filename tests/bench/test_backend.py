@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import threading
 
 import orjson
 import pytest
@@ -120,3 +121,76 @@ def test_sigv4_signs_for_lambda(monkeypatch):
     assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
     assert "/eu-west-1/lambda/aws4_request" in headers["Authorization"]
     assert "X-Amz-Date" in headers
+
+
+class OneRequestPerConnection:
+    """A raw HTTP/1.1 server that answers the first request of each connection (keep-alive) and closes the
+    connection when a second one arrives on it: the race a client hits when it reuses a pooled
+    connection at the instant the server's idle timeout closes it (uvicorn, cpp-httplib: 5 s)."""
+
+    REPLY = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        self.answered = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn):
+        with conn:
+            for number in (1, 2):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        return
+                    data += piece
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                if number == 2:
+                    return  # closed under the client's reused connection
+                self.answered += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(self.REPLY) + self.REPLY)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_pooled_connection_closed_under_the_client_is_sent_again_once():
+    server = OneRequestPerConnection()
+
+    async def go():
+        backend = Backend(server.url + "/chat/completions", {"Content-Type": "application/json"}, 5.0)
+        await backend.start()
+        try:
+            return await backend.send(BODY), await backend.send(BODY)
+        finally:
+            await backend.close()
+
+    try:
+        first, second = asyncio.run(go())
+    finally:
+        server.close()
+    assert not first.retried and measure(first)["ok"]
+    rec = measure(second)
+    assert rec["ok"] and rec["output_tokens"] == 1, rec
+    assert second.retried and rec["retried"] is True
+    assert server.answered == 2
+
+
+def test_a_server_that_drops_every_request_is_counted_after_one_retry(mock_server):
+    rec = measure(send(mock_server(faults={"disconnect": 1.0}).url))
+    assert rec["error"] == "disconnected" and rec["retried"] is True

@@ -113,7 +113,7 @@ def fake_pulumi(tmp_path, monkeypatch, stdout: str, code: int = 0, stderr: str =
 
 def test_stack_outputs_drive_url_key_and_price(tmp_path, monkeypatch, mock_server):
     server = mock_server(api_key="stack-key")
-    outputs = {"url": server.url, "apiKey": "stack-key", "pricePerHour": 2.5, "other": 1}
+    outputs = {"url": server.url, "apiKey": "stack-key", "pricePerHour": 2.5, "other": 1}  # pragma: allowlist secret (test fixture)
     argv_file = fake_pulumi(tmp_path, monkeypatch, json.dumps(outputs))
     out = tmp_path / "run"
     code = bench.run(["--stack", "dev", "--workers", "0", "--concurrency", "2", "--requests", "4", "--warmup", "0",
@@ -123,7 +123,7 @@ def test_stack_outputs_drive_url_key_and_price(tmp_path, monkeypatch, mock_serve
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target"]["url"] == server.url and summary["target"]["model"] == "mock-model"
     assert summary["config"]["price_source"] == "stack dev pricePerHour"
-    assert summary["config"]["api_key"] == "set" and "stack-key" not in (out / "summary.json").read_text()
+    assert summary["config"]["api_key"] == "set" and "stack-key" not in (out / "summary.json").read_text()  # pragma: allowlist secret (test fixture)
     level = summary["levels"][0]
     assert level["succeeded"] == 4 and level["cost_per_1k_tokens_usd"] > 0
 

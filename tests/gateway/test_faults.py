@@ -98,7 +98,7 @@ def test_missing_key_is_401_and_wrong_key_403_when_the_app_checks_keys(gateways)
     assert httpx.post(url, json=body, headers={"x-api-key": "k-123456789"}).status_code == 200
     assert httpx.get(f"{gateway.root}/health").status_code == 200  # the adapter's readiness check needs no key
     with pytest.raises(openai.PermissionDeniedError):
-        openai.OpenAI(base_url=gateway.url, api_key="wrong", max_retries=0).chat.completions.create(
+        openai.OpenAI(base_url=gateway.url, api_key="wrong", max_retries=0).chat.completions.create(  # pragma: allowlist secret (test fixture)
             model=MODEL, messages=MESSAGES)
     client = openai.OpenAI(base_url=gateway.url, api_key="k-123456789", max_retries=0)
     assert client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3).usage.completion_tokens == 3
@@ -178,7 +178,7 @@ def test_client_disconnect_stops_reading_the_endpoint_stream(gateways, emulator)
     with httpx.stream("POST", f"{gateway.url}/chat/completions",
                       json={"messages": MESSAGES, "max_tokens": 2000, "stream": True}) as response:
         lines = response.iter_lines()
-        seen = [line for _, line in zip(range(6), lines)]
+        seen = [line for _, line in zip(range(6), lines, strict=False)]
         assert any(line.startswith("data: ") for line in seen)
     call = emulator.calls[-1]
     assert wait_for(lambda: call.ended is not None), "the emulator still streams after the client left"
