@@ -34,6 +34,9 @@ ERROR_BODY_LIMIT = 2048
 @dataclass(slots=True)
 class RawReply:
     t_start_ns: int
+    # When the request's last byte was handed to the socket (0: not known, e.g. --http2); TTFT and E2E
+    # count from here, and `t_sent_ns - t_start_ns` is the client's own send delay.
+    t_sent_ns: int = 0
     t_end_ns: int = 0
     status: int = 0
     content_type: str = ""
@@ -46,13 +49,44 @@ class RawReply:
     retried: bool = False
 
 
+class _SendStampingTransport:
+    """The connection's transport, noting when request bytes are handed to the socket.
+
+    aiohttp (on Python < 3.12) writes a request body from a task of its own that runs only when the
+    loop gets to it: under load, milliseconds after `post()` was called. TTFT counts from the write.
+    """
+
+    __slots__ = ("_transport", "_protocol")
+
+    def __init__(self, transport, protocol: _StampingProtocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def write(self, data) -> None:
+        self._transport.write(data)
+        self._protocol.sent_ns = perf_counter_ns()
+
+    def writelines(self, chunks) -> None:
+        self._transport.writelines(chunks)
+        self._protocol.sent_ns = perf_counter_ns()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
 class _StampingProtocol(ResponseHandler):
-    """aiohttp's response protocol, plus `(arrival ns, payload bytes so far)` after every socket read."""
+    """aiohttp's response protocol, plus `(arrival ns, payload bytes so far)` after every socket read and
+    the time of the last request write (`sent_ns`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         super().__init__(loop)
         self.marks: list[tuple[int, int]] | None = None
         self.marked_payload = None
+        self.sent_ns = 0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.transport = _SendStampingTransport(self.transport, self)
 
     def data_received(self, data: bytes) -> None:
         t = perf_counter_ns()
@@ -220,6 +254,8 @@ class Backend:
                 reply.body = content.read_nowait(-1)
                 if isinstance(protocol, _StampingProtocol) and protocol.marked_payload is content:
                     reply.marks = protocol.marks
+                    if protocol.sent_ns > reply.t_start_ns and not reply.retried:
+                        reply.t_sent_ns = protocol.sent_ns
                 else:  # body was complete with the headers, before a connection was handed over
                     reply.marks = [(perf_counter_ns(), len(reply.body))]
             else:

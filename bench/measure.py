@@ -62,7 +62,9 @@ def measure(reply: RawReply, *, allow_buffered: bool = False) -> dict:
         rec["error"] = "no_content"
         rec["error_detail"] = "the stream finished without any content"
         return rec
-    t0 = reply.t_start_ns
+    t0 = reply.t_sent_ns or reply.t_start_ns
+    if reply.t_sent_ns:
+        rec["send_delay_ms"] = _ms(reply.t_sent_ns - reply.t_start_ns)
     chunks = len(times)
     if parsed.completion_tokens is not None and parsed.completion_tokens > 0:
         tokens, source = parsed.completion_tokens, "usage"

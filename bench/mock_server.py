@@ -11,7 +11,7 @@ up), each carrying `--tokens-per-chunk` tokens; then the usage chunk (when asked
 Faults (`--fault KIND:FRACTION`, chosen deterministically: exactly that fraction of requests, evenly
 spread; or per request with the header `X-Mock-Fault: KIND`):
   http_401 http_404 http_429 http_500 http_503  error status with a JSON error body
-  disconnect     close the connection before answering
+  disconnect     close the connection before answering (and again if the same request is resent)
   stream_cut     close the connection halfway through the stream
   truncated      end the stream cleanly halfway, without finish_reason or [DONE]
   malformed_sse  a line that is not JSON halfway through
@@ -98,6 +98,8 @@ class _State:
         self.in_flight = 0
         self.max_in_flight = 0
         self.by_fault: collections.Counter = collections.Counter()
+        self.dropped: dict[bytes, None] = {}  # bodies of `disconnect`ed requests (insertion-ordered set)
+        self.resent = 0  # requests sent again after a `disconnect`, dropped again
         self.arrivals_ns: collections.deque = collections.deque(maxlen=100_000)
         self.rng = random.Random(cfg.seed)
         self._fault_table = [(kind, fraction) for kind, fraction in cfg.faults.items() if fraction > 0]
@@ -140,6 +142,7 @@ def build_app(cfg: MockConfig) -> web.Application:
                 "requests": state.count,
                 "max_in_flight": state.max_in_flight,
                 "faults": dict(state.by_fault),
+                "resent": state.resent,
                 "arrivals_ns": list(state.arrivals_ns),
             }
         )
@@ -154,6 +157,13 @@ def build_app(cfg: MockConfig) -> web.Application:
 
     async def _chat(request: web.Request) -> web.StreamResponse:
         t_recv = perf_counter_ns()
+        body = await request.read()
+        if body in state.dropped:
+            # A client sending a dropped request again (a keep-alive retry) is dropped again: this
+            # server loses that request for good, and the fault schedule of new requests is unchanged.
+            state.resent += 1
+            request.transport.close()
+            raise asyncio.CancelledError
         index = state.count
         state.count += 1
         state.arrivals_ns.append(t_recv)
@@ -175,10 +185,13 @@ def build_app(cfg: MockConfig) -> web.Application:
                 headers=headers,
             )
         if fault == "disconnect":
+            state.dropped[body] = None
+            if len(state.dropped) > 10_000:
+                del state.dropped[next(iter(state.dropped))]
             request.transport.close()
             raise asyncio.CancelledError
         try:
-            payload = orjson.loads(await request.read())
+            payload = orjson.loads(body)
             assert isinstance(payload, dict)
         except (orjson.JSONDecodeError, AssertionError):
             return web.json_response({"error": {"message": "body is not a JSON object"}}, status=400)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 METRIC_DEFINITIONS = """\
-- **TTFT** (time to first token): from sending the request to the first streamed event that carries
-  non-empty content. The role-only first chunk many servers send at once does not count.
+- **TTFT** (time to first token): from sending the request (its last byte handed to the socket) to the
+  first streamed event that carries non-empty content. The role-only first chunk many servers send at once
+  does not count. Arrival times are taken where the socket is read, before any parsing.
 - **ITL** (inter-token latency): every gap between consecutive content events, pooled over all requests.
   An event can carry several tokens, so ITL is per event, not per token.
 - **TPOT** (time per output token): per request, (E2E - TTFT) / (output tokens - 1); requests with one
@@ -23,7 +24,11 @@ METRIC_DEFINITIONS = """\
   the price covers all instances (`--instance-count`), and is only as right as the price given.
 - **Client lag**: how late the client sent each request compared with its schedule (closed loop: after the
   previous request in its slot ended; open loop: its arrival time). Large values mean the client, or the
-  concurrency cap, was the bottleneck, not the server.
+  concurrency cap, was the bottleneck, not the server. **Send delay**: from the client starting a request
+  to its bytes reaching the socket (the HTTP library's own queueing); it is not charged to TTFT or E2E.
+- **Retried**: requests sent once more on a new connection because the kept-alive one was closed under
+  them before any reply (servers close idle connections after a few seconds); their times count from the
+  first try. A request that fails again is counted as an error.
 - **Errors** are counted by kind and kept out of every latency statistic. Warmup requests are recorded in
   requests.jsonl with `"warmup": true` and kept out of everything else.
 - Percentiles interpolate linearly between order statistics (numpy's default); above 100,000 values per
@@ -145,14 +150,17 @@ def render_report(summary: dict, charts: list[Path]) -> str:
     lines += [
         "## The client's own overhead",
         "",
-        "| level | client lag p50 | client lag p99 | client CPU ms / request |",
-        "|---|---|---|---|",
+        "| level | client lag p50 | client lag p99 | send delay p50 | send delay p99 | client CPU ms / request "
+        "| retried |",
+        "|---|---|---|---|---|---|---|",
     ]
     for lv in levels:
         lag = lv["client_lag_ms"]
+        send = lv.get("client_send_delay_ms") or {}
         lines.append(
-            f"| {_label(lv)} | {_f(lag['p50'], '.2f')} | {_f(lag['p99'], '.2f')} | "
-            f"{_f(lv.get('client_cpu_ms_per_request'), '.2f')} |"
+            f"| {_label(lv)} | {_f(lag['p50'], '.2f')} | {_f(lag['p99'], '.2f')} | {_f(send.get('p50'), '.2f')} | "
+            f"{_f(send.get('p99'), '.2f')} | {_f(lv.get('client_cpu_ms_per_request'), '.2f')} | "
+            f"{lv.get('retried', 0)} |"
         )
     lines += ["", "## Metric definitions", "", METRIC_DEFINITIONS]
     return "\n".join(lines)

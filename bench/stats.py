@@ -137,6 +137,8 @@ class LevelStats:
         self.tpot = Sample()
         self.e2e = Sample()
         self.lag = Sample()
+        self.send_delay = Sample()  # post() called -> request written to the socket (client overhead)
+        self.retried = 0
         self.server_ttft = Sample()
         self.gateway_share = Sample()  # client TTFT minus the server-reported TTFT, per request
         self.ttft_over_e2e = Sample()
@@ -151,6 +153,8 @@ class LevelStats:
         self.first_start = min(self.first_start, rec["start_s"])
         self.last_end = max(self.last_end, rec["end_s"])
         self.lag.add(rec["client_lag_ms"])
+        if rec.get("retried"):
+            self.retried += 1
         if not rec["ok"]:
             kind = rec["error"] or "unknown"
             self.errors[kind] += 1
@@ -164,6 +168,8 @@ class LevelStats:
         self.token_sources[rec["token_count_source"]] += 1
         self.ttft.add(rec["ttft_ms"])
         self.e2e.add(rec["e2e_ms"])
+        if rec.get("send_delay_ms") is not None:
+            self.send_delay.add(rec["send_delay_ms"])
         self.itl.extend(rec["itl_ms"])
         if rec.get("tpot_ms") is not None:
             self.tpot.add(rec["tpot_ms"])
@@ -245,6 +251,8 @@ class LevelStats:
             "cost_per_1k_tokens_usd": round(cost_1k, 6) if cost_1k is not None else None,
             "cost_per_1m_tokens_usd": round(cost_1k * 1000, 4) if cost_1k is not None else None,
             "client_lag_ms": self.lag.summary(),
+            "client_send_delay_ms": self.send_delay.summary() if self.send_delay.count else None,
+            "retried": self.retried,
             "server_ttft_ms": self.server_ttft.summary() if self.server_ttft.count else None,
             "gateway_share_ttft_ms": self.gateway_share.summary() if self.gateway_share.count else None,
             "warmup_requests": self.warmup,

@@ -75,7 +75,7 @@ def gateway_env(emulator_url: str) -> dict[str, str]:
         "GATEWAY_PRICE_PER_HOUR": "1.515",
         "GATEWAY_SAGEMAKER_ENDPOINT_URL": emulator_url,
         "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",  # pragma: allowlist secret (dummy credential for the local endpoint)
         "AWS_EC2_METADATA_DISABLED": "true",
     }
 

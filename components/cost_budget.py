@@ -125,13 +125,17 @@ class AzureCostBudgetArgs(BudgetAlertArgs):
     start_date: str = ""
 
     def validate(self) -> None:
-        self._validate_common(_AZURE)
-        require(_AZURE, "alert_emails", bool(self.alert_emails),
-                "Azure budgets on a resource group need at least one contact email")
+        self.validate_settings()
         require(_AZURE, "scope", self.scope is not None, "give the resource group (or subscription) id to cover")
         if isinstance(self.scope, str):
             require(_AZURE, "scope", self.scope.startswith("/subscriptions/"),
                     f"{self.scope!r} is not an Azure resource id (/subscriptions/...)")
+
+    def validate_settings(self) -> None:
+        """Everything but the scope, which a stack may only know once its resource group exists."""
+        self._validate_common(_AZURE)
+        require(_AZURE, "alert_emails", bool(self.alert_emails),
+                "Azure budgets on a resource group need at least one contact email")
         if self.start_date:
             require(_AZURE, "start_date", re.fullmatch(r"\d{4}-\d{2}-01", self.start_date) is not None,
                     f"{self.start_date!r} must be the first day of a month, YYYY-MM-01")
@@ -292,17 +296,23 @@ CONFIG_KEYS = {
 }
 
 
-def budget_from_config(
+BudgetArgs = AwsCostBudgetArgs | GcpCostBudgetArgs | AzureCostBudgetArgs
+CostBudget = AwsCostBudget | GcpCostBudget | AzureCostBudget
+
+
+def budget_args_from_config(
     cfg: Any,
     cloud: str,
     *,
     tags: Mapping[str, str],
     azure_scope: pulumi.Input[str] | None = None,
-    name: str = "cost",
-) -> AwsCostBudget | GcpCostBudget | AzureCostBudget | None:
-    """The stack's budget from its config (budgetMonthlyUsd > 0), or None when it is off.
+) -> BudgetArgs | None:
+    """The stack's budget args from its config (budgetMonthlyUsd > 0), checked, or None when it is off.
 
-    `cfg` is the stack's `stacks.config.StackConfig`; a bad value is reported under its config key.
+    A stack calls this before it creates its first resource, so a bad budget setting fails the run
+    before anything exists. `cfg` is the stack's `stacks.config.StackConfig`; a bad value is reported
+    under its config key. An Azure stack that creates its resource group in the same program passes no
+    `azure_scope` here and sets it with `dataclasses.replace` once the group exists.
     """
     from stacks.config import config_keys
 
@@ -315,18 +325,58 @@ def budget_from_config(
     stack = pulumi.get_stack()
     with config_keys(cfg, CONFIG_KEYS):
         if cloud == "aws":
-            return AwsCostBudget(name, AwsCostBudgetArgs(
+            aws_args = AwsCostBudgetArgs(
                 monthly_limit_usd=limit, alert_emails=emails, tags=tags,
                 cost_allocation_tag=("stack", stack) if scoped else None,
-            ))
+            )
+            aws_args.validate()
+            return aws_args
         if cloud == "gcp":
-            return GcpCostBudget(name, GcpCostBudgetArgs(
+            gcp_args = GcpCostBudgetArgs(
                 monthly_limit_usd=limit, alert_emails=emails, tags=tags,
                 billing_account=cfg.text("gcpBillingAccount", allow_empty=True),
                 label_filter={"stack": stack} if scoped else {},
-            ))
+            )
+            gcp_args.validate()
+            return gcp_args
         if cloud == "azure":
-            return AzureCostBudget(name, AzureCostBudgetArgs(
-                monthly_limit_usd=limit, alert_emails=emails, tags=tags, scope=azure_scope,
-            ))
+            azure_args = AzureCostBudgetArgs(monthly_limit_usd=limit, alert_emails=emails, tags=tags, scope=azure_scope)
+            if azure_scope is None:
+                azure_args.validate_settings()
+            else:
+                azure_args.validate()
+            return azure_args
     raise InvalidArgs("budget_from_config", "cloud", f"{cloud!r} is not aws, gcp or azure")
+
+
+def create_budget(name: str, args: BudgetArgs, opts: pulumi.ResourceOptions | None = None) -> CostBudget:
+    """The budget component of the cloud the args are for."""
+    if isinstance(args, AwsCostBudgetArgs):
+        return AwsCostBudget(name, args, opts)
+    if isinstance(args, GcpCostBudgetArgs):
+        return GcpCostBudget(name, args, opts)
+    if isinstance(args, AzureCostBudgetArgs):
+        return AzureCostBudget(name, args, opts)
+    raise InvalidArgs("create_budget", "args", f"{type(args).__name__} is not a cloud's budget args")
+
+
+def budget_from_config(
+    cfg: Any,
+    cloud: str,
+    *,
+    tags: Mapping[str, str],
+    azure_scope: pulumi.Input[str] | None = None,
+    name: str = "cost",
+    opts: pulumi.ResourceOptions | None = None,
+) -> CostBudget | None:
+    """The stack's budget from its config (budgetMonthlyUsd > 0), or None when it is off.
+
+    `cfg` is the stack's `stacks.config.StackConfig`; a bad value is reported under its config key.
+    """
+    args = budget_args_from_config(cfg, cloud, tags=tags, azure_scope=azure_scope)
+    if args is None:
+        return None
+    from stacks.config import config_keys
+
+    with config_keys(cfg, CONFIG_KEYS):
+        return create_budget(name, args, opts)

@@ -1,4 +1,10 @@
-"""Alarms and a dashboard for an LLM endpoint on SageMaker and its gateway's metrics."""
+"""Alarms and a dashboard for an LLM endpoint on SageMaker and its gateway's metrics.
+
+The alarm topic is encrypted with a customer-managed KMS key of its own. CloudWatch alarms cannot
+publish to a topic under the AWS-managed `alias/aws/sns` key (its key policy cannot be changed to let
+cloudwatch.amazonaws.com use it, so every notification is silently dropped); this key's policy lets
+the account administer the key and CloudWatch alarms of this account use it, and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
-from pulumi_aws import cloudwatch, sns
+from pulumi_aws import cloudwatch, get_caller_identity_output, get_partition_output, kms, sns
 
 from components._args import require, require_between, require_positive, require_text
-from components.aws_common import METRICS_DIMENSION, METRICS_NAMESPACE
+from components.aws_common import METRICS_DIMENSION, METRICS_NAMESPACE, policy_document
 
 _COMPONENT = "EndpointMonitoring"
 
@@ -42,6 +48,56 @@ class EndpointMonitoringArgs:
         if self.alarm_email:
             require(_COMPONENT, "alarm_email", "@" in self.alarm_email and " " not in self.alarm_email,
                     f"{self.alarm_email!r} is not an email address")
+
+
+# Days KMS waits before deleting the key after `pulumi destroy` (7-30): time to notice a mistake.
+KEY_DELETION_WINDOW_DAYS = 30
+
+
+def _alarm_source(partition: str, region: str, account: str) -> dict:
+    """Conditions that limit the CloudWatch service principal to this account's alarms in this region."""
+    return {
+        "StringEquals": {"aws:SourceAccount": account},
+        "ArnLike": {"aws:SourceArn": f"arn:{partition}:cloudwatch:{region}:{account}:alarm:*"},
+    }
+
+
+def alarm_key_policy(partition: str, region: str, account: str) -> str:
+    """Key policy of the alarm topic's key: the account administers it (through IAM, as in AWS's default
+    key policy), CloudWatch alarms of this account may use it to publish. In a key policy, Resource "*"
+    means this key."""
+    return policy_document([
+        {
+            "Sid": "AccountAdministersTheKey",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Sid": "CloudWatchAlarmsPublishToTheEncryptedTopic",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+            "Resource": "*",
+            "Condition": _alarm_source(partition, region, account),
+        },
+    ])
+
+
+def alarm_topic_policy(topic_arn: str, partition: str, region: str, account: str) -> str:
+    """Topic policy: CloudWatch alarms of this account publish (principals of the account keep their IAM
+    permissions; a resource policy only adds to them)."""
+    return policy_document([
+        {
+            "Sid": "CloudWatchAlarmsPublish",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Action": "sns:Publish",
+            "Resource": topic_arn,
+            "Condition": _alarm_source(partition, region, account),
+        },
+    ])
 
 
 def _variant_metric(endpoint: str, variant: str, name: str, stat: str) -> dict:
@@ -135,6 +191,7 @@ class EndpointMonitoring(pulumi.ComponentResource):
     """Alarm topic, latency/error/capacity alarms and a dashboard."""
 
     topic_arn: pulumi.Output[str]
+    key_arn: pulumi.Output[str]
     dashboard_name: pulumi.Output[str]
     dashboard_url: pulumi.Output[str]
     alarm_names: pulumi.Output[list[str]]
@@ -147,7 +204,35 @@ class EndpointMonitoring(pulumi.ComponentResource):
         endpoint = pulumi.Output.from_input(args.endpoint_name)
         variant = args.variant_name
 
-        topic = sns.Topic(f"{name}-alarms", kms_master_key_id="alias/aws/sns", tags=tags, opts=child)
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        account = get_caller_identity_output(opts=invoke).account_id
+        partition = get_partition_output(opts=invoke).partition
+        key = kms.Key(
+            f"{name}-alarms-key",
+            description=f"Encrypts the {name} alarm topic; CloudWatch alarms of this account may use it",
+            enable_key_rotation=True,
+            deletion_window_in_days=KEY_DELETION_WINDOW_DAYS,
+            policy=pulumi.Output.all(partition, account).apply(
+                lambda v: alarm_key_policy(v[0], args.region, v[1])
+            ),
+            tags=tags,
+            opts=child,
+        )
+        kms.Alias(
+            f"{name}-alarms-key-alias",
+            name=f"alias/{pulumi.get_project()}/{pulumi.get_stack()}/{name}-alarms",
+            target_key_id=key.key_id,
+            opts=child,
+        )
+        topic = sns.Topic(f"{name}-alarms", kms_master_key_id=key.arn, tags=tags, opts=child)
+        sns.TopicPolicy(
+            f"{name}-alarms-policy",
+            arn=topic.arn,
+            policy=pulumi.Output.all(topic.arn, partition, account).apply(
+                lambda v: alarm_topic_policy(v[0], v[1], args.region, v[2])
+            ),
+            opts=child,
+        )
         if args.alarm_email:
             sns.TopicSubscription(f"{name}-alarms-email", topic=topic.arn, protocol="email",
                                   endpoint=args.alarm_email, opts=child)
@@ -233,6 +318,7 @@ class EndpointMonitoring(pulumi.ComponentResource):
         )
 
         self.topic_arn = topic.arn
+        self.key_arn = key.arn
         self.dashboard_name = dashboard.dashboard_name
         self.dashboard_url = dashboard.dashboard_name.apply(
             lambda d: f"https://{args.region}.console.aws.amazon.com/cloudwatch/home?region={args.region}#dashboards:name={d}"
@@ -240,6 +326,7 @@ class EndpointMonitoring(pulumi.ComponentResource):
         self.alarm_names = pulumi.Output.all(*[a.name for a in alarms])
         self.register_outputs({
             "topic_arn": self.topic_arn,
+            "key_arn": self.key_arn,
             "dashboard_name": self.dashboard_name,
             "dashboard_url": self.dashboard_url,
             "alarm_names": self.alarm_names,

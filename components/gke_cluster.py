@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_gcp import compute, container, projects, serviceaccount
 
-from components._args import InvalidArgs, require, require_choice, require_min_max, require_positive, require_text
+from components._args import (
+    InvalidArgs,
+    require,
+    require_choice,
+    require_min_max,
+    require_positive,
+    require_text,
+)
 
 COMPONENT = "GkeCluster"
 RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")

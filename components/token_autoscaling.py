@@ -10,7 +10,8 @@ tokens x invocations_per_instance / invocations = tokens / instances.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pulumi
 from pulumi_aws import appautoscaling
@@ -42,6 +43,8 @@ class TokenAwareAutoscalingArgs:
     # when ALL agree.
     concurrency_scale_out: bool = True
     target_concurrent_requests_per_instance: int = 24
+    # The scalable target takes tags (the scaling policies do not).
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         require_min_max(_COMPONENT, "min_instances", self.min_instances, "max_instances", self.max_instances)
@@ -132,6 +135,7 @@ class TokenAwareAutoscaling(pulumi.ComponentResource):
             scalable_dimension=SCALABLE_DIMENSION,
             min_capacity=args.min_instances,
             max_capacity=args.max_instances,
+            tags=dict(args.tags),
             opts=child,
         )
         queries = pulumi.Output.from_input(args.endpoint_name).apply(

@@ -27,10 +27,18 @@ from typing import Any
 import pulumi
 import pulumi_random
 from pulumi_gcp import compute, projects
-from pulumi_kubernetes import apiextensions, apiregistration, apps, autoscaling, core, networking, policy, rbac
+from pulumi_kubernetes import (
+    apiextensions,
+    apiregistration,
+    apps,
+    autoscaling,
+    core,
+    networking,
+    policy,
+    rbac,
+)
 
 from components._args import (
-    InvalidArgs,
     require,
     require_between,
     require_cidrs,
@@ -590,7 +598,7 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
         # As a file, not an env var: huggingface_hub reads HF_TOKEN_PATH.
         env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/token"})
         mounts.append({"name": "hf-token", "mountPath": HF_TOKEN_DIR, "readOnly": True})
-        volumes.append({"name": "hf-token", "secret": {"secretName": "vllm-hf-token", "defaultMode": 0o440}})
+        volumes.append({"name": "hf-token", "secret": {"secretName": "vllm-hf-token", "defaultMode": 0o440}})  # pragma: allowlist secret (Kubernetes Secret name)
     gpus = str(args.gpu_count)
     container = {
         "name": "vllm",

@@ -4,9 +4,9 @@
     check_resource("aws:cloudwatch/logGroup:LogGroup", "logs", {"tags": {...}})  # -> [Violation, ...]
 
 Each rule is plain code over a resource's (type, name, inputs); graph checks see the whole stack for
-what one resource cannot show (a Lambda's log group, the pods behind a load balancer). Named
-exceptions live in `policy.waivers.WAIVERS`. `pulumi preview --policy-pack policy` runs the same
-rules through `policy/__main__.py`.
+what one resource cannot show (a Lambda's log group, the pods behind a load balancer, the function
+behind a Function URL). Named exceptions live in `policy.waivers.WAIVERS`. `pulumi preview
+--policy-pack policy` runs the same rules through `policy/__main__.py`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,13 @@
 """Public entry points require auth, and network ingress is limited to named address ranges.
 
-API Gateway methods need an API key or an authorizer, Function URLs IAM auth, Kubernetes
-LoadBalancer Services source ranges (and the pods behind them the API key), NSG/firewall/security
-group rules configured CIDRs; SSH and RDP are never open to the world; VMs take keys, not passwords.
+API Gateway methods need an API key or an authorizer; Function URLs IAM auth, or auth NONE on a
+function that checks the API key itself (its key from Secrets Manager); Kubernetes LoadBalancer
+Services source ranges, and the pods behind them the API key (a Service open to 0.0.0.0/0 passes only
+when every pod it selects requires the key); NSG/firewall/security group rules configured CIDRs; SSH
+and RDP are never open to the world; VMs take keys, not passwords.
+
+What one resource cannot show (the function behind a URL, the pods behind a Service) is judged by the
+graph checks, which the CrossGuard pack runs as the stack policy `public-entry-auth-graph`.
 """
 
 from __future__ import annotations
@@ -22,6 +27,10 @@ _INTERNAL_LB_ANNOTATIONS = {
     "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
     "service.beta.kubernetes.io/aws-load-balancer-internal": "true",
 }
+# The environment variable by which the gateway app (lambda/gateway/settings.py) learns that it checks
+# the API key itself, and where the key is: a Secrets Manager secret. A function with it set refuses
+# every request without the key, so its Function URL may use auth NONE.
+APP_KEY_CHECK_VARIABLE = "GATEWAY_API_KEY_SECRET_ARN"  # pragma: allowlist secret (env var name)
 _POD_TEMPLATE_TYPES = {
     "kubernetes:apps/v1:Deployment",
     "kubernetes:apps/v1:StatefulSet",
@@ -109,9 +118,7 @@ def entry_auth(type_: str, name: str, inputs: Mapping[str, Any]) -> Iterator[str
     elif type_ == "aws:apigatewayv2/route:Route":
         if str(inputs.get("authorizationType", "NONE")).upper() == "NONE" and not truthy(inputs.get("apiKeyRequired")):
             yield "route has authorizationType NONE; attach an authorizer (HTTP APIs have no API keys)"
-    elif type_ == "aws:lambda/functionUrl:FunctionUrl":
-        if str(inputs.get("authorizationType", "")).upper() != "AWS_IAM":
-            yield "Function URL without AWS_IAM auth is callable by anyone on the internet; set authorizationType=AWS_IAM"
+    # aws:lambda/functionUrl:FunctionUrl: auth NONE is judged with its function, in function_url_auth.
     elif type_ == "aws:lambda/permission:Permission":
         if inputs.get("principal") == "*":
             yield "lets any principal ('*') invoke the function; name the service principal and sourceArn"
@@ -161,14 +168,15 @@ def _is_public_load_balancer(props: Mapping[str, Any]) -> bool:
     )
 
 
+def _source_ranges(props: Mapping[str, Any]) -> list[str]:
+    return [str(r) for r in as_list(get(props, "spec", "loadBalancerSourceRanges"))]
+
+
 def _load_balancer_problems(inputs: Mapping[str, Any]) -> Iterator[str]:
-    if not _is_public_load_balancer(inputs):
-        return
-    ranges = [str(r) for r in as_list(get(inputs, "spec", "loadBalancerSourceRanges"))]
-    if not ranges:
+    # No ranges at all is refused outright: admitting the internet must be a choice someone wrote down.
+    # 0.0.0.0/0 is that choice; whether the pods behind it require the API key is load_balancer_backends'.
+    if _is_public_load_balancer(inputs) and not _source_ranges(inputs):
         yield "LoadBalancer Service without spec.loadBalancerSourceRanges is open to the internet; set the allowed CIDRs"
-    elif any(_is_anywhere(r) for r in ranges):
-        yield "LoadBalancer Service allows 0.0.0.0/0; set the allowed CIDRs"
 
 
 def _containers(template_spec: Any) -> list[Mapping[str, Any]]:
@@ -195,7 +203,8 @@ def _requires_api_key(container: Mapping[str, Any]) -> bool:
 
 
 def load_balancer_backends(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
-    """Pods behind a public LoadBalancer Service must check the API key."""
+    """Pods behind a public LoadBalancer Service must check the API key; one open to 0.0.0.0/0 is
+    acceptable only because they all do (the Service is then "behind the API key")."""
     workloads = [n for n in nodes if n.type in _POD_TEMPLATE_TYPES]
     for service in nodes:
         if service.type != "kubernetes:core/v1:Service" or not _is_public_load_balancer(service.props):
@@ -210,19 +219,63 @@ def load_balancer_backends(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
         ]
         if not backends:
             yield service, "public LoadBalancer Service selects no workload of this stack; the policy cannot see that its pods check an API key"
-        for workload in backends:
-            containers = _containers(get(workload.props, "spec", "template", "spec"))
-            if not any(_requires_api_key(c) for c in containers):
-                yield workload, (
-                    f"serves the public LoadBalancer Service {service.name!r} without an API key from a Secret; "
-                    "pass --api-key $(VLLM_API_KEY) with VLLM_API_KEY from secretKeyRef"
-                )
+        keyless = [
+            w for w in backends
+            if not any(_requires_api_key(c) for c in _containers(get(w.props, "spec", "template", "spec")))
+        ]
+        for workload in keyless:
+            yield workload, (
+                f"serves the public LoadBalancer Service {service.name!r} without an API key from a Secret; "
+                "pass --api-key $(VLLM_API_KEY) with VLLM_API_KEY from secretKeyRef"
+            )
+        if any(_is_anywhere(r) for r in _source_ranges(service.props)) and (keyless or not backends):
+            yield service, (
+                "LoadBalancer Service allows 0.0.0.0/0 and not every pod it selects requires the API key; "
+                "set the allowed CIDRs, or require the key (vLLM --api-key from a Secret) in every pod"
+            )
+
+
+def _function_checks_key(function: Node) -> bool:
+    return bool(str(get(function.props, "environment", "variables", APP_KEY_CHECK_VARIABLE, default="")).strip())
+
+
+def _is_function_of(function: Node, reference: str) -> bool:
+    """FunctionUrl.functionName names the function by name or ARN (optionally with a qualifier)."""
+    known = [str(v) for v in (function.props.get("name"), function.props.get("arn")) if v]
+    return any(reference == v or reference.startswith(f"{v}:") for v in known)
+
+
+def function_url_auth(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
+    """A Function URL needs AWS_IAM auth, or a function that checks the API key itself.
+
+    Auth NONE lets anyone on the internet invoke the function; that is the intended front door only when
+    the function refuses requests without the key (the gateway app does when APP_KEY_CHECK_VARIABLE is
+    set: it reads the key from Secrets Manager). The function must be in the same stack to be seen.
+    """
+    functions = [n for n in nodes if n.type == "aws:lambda/function:Function"]
+    for url in nodes:
+        if url.type != "aws:lambda/functionUrl:FunctionUrl":
+            continue
+        if str(url.props.get("authorizationType", "")).upper() == "AWS_IAM":
+            continue
+        reference = str(url.props.get("functionName") or "")
+        targets = [f for f in functions if reference and _is_function_of(f, reference)]
+        if not targets:
+            yield url, (
+                "Function URL without AWS_IAM auth, for a function this stack does not hold, is callable by anyone "
+                "on the internet; set authorizationType=AWS_IAM"
+            )
+        elif not all(_function_checks_key(f) for f in targets):
+            yield url, (
+                "Function URL without AWS_IAM auth is callable by anyone on the internet and its function does not "
+                f"check an API key ({APP_KEY_CHECK_VARIABLE} is not set); set authorizationType=AWS_IAM"
+            )
 
 
 RULE = Rule(
     name="public-entry-auth",
     description="Every public entry point requires auth; ingress is limited to configured CIDRs; no SSH/RDP from the internet.",
-    remediation="Require the API key (API Gateway apiKeyRequired, vLLM --api-key from a Secret), AWS_IAM on Function URLs, and list the allowed CIDRs on NSGs, firewalls and LoadBalancer Services.",
+    remediation="Require the API key (API Gateway apiKeyRequired, vLLM --api-key from a Secret, the gateway app's own check behind a Function URL) or AWS_IAM on Function URLs, and list the allowed CIDRs on NSGs, firewalls and LoadBalancer Services.",
     resource_checks=(entry_auth,),
-    graph_checks=(load_balancer_backends,),
+    graph_checks=(load_balancer_backends, function_url_auth),
 )

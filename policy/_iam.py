@@ -2,6 +2,10 @@
 
 Covers AWS identity policies (inline, managed, role trust), AWS managed-policy attachments, GCP basic
 roles, Azure built-in admin roles and custom role definitions, and Kubernetes RBAC.
+
+Not resource policies (KMS key policies, SNS topic policies): there Resource "*" means the resource the
+policy is attached to (a key policy can name no other key), and the principals are named instead, so the
+"no '*' resource" test would flag every correct key policy.
 """
 
 from __future__ import annotations

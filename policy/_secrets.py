@@ -3,8 +3,10 @@
 The rule sees values, not whether Pulumi holds them as secrets, so it judges by where a value sits
 and what it is called: an environment variable or cloud-init assignment named like a credential
 (..._TOKEN, ..._API_KEY, ..._SECRET, ..._PASSWORD) holding a literal, or `--api-key <literal>`.
-A reference (`$(VAR)`, `${VAR}`, an ARN, a file path) is fine: the value then comes from the store.
-The tests add the stronger check with the value itself: tests/policy/test_secret_hygiene.py.
+A reference (`$VAR`, `${VAR}`, `$(VAR)`, an ARN, a file path) is fine: the value then comes from the
+store. In scripts, `printf 'NAME=%s\n' "$var"` is judged with its arguments put in place of the format's
+directives, so a key fetched at boot and written to an env file is a reference, and a literal argument
+is not. The tests add the stronger check with the value itself: tests/policy/test_stacks.py.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import shlex
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -22,8 +25,9 @@ SECRET_NAME = re.compile(
     r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|APIKEY|PRIVATE_KEY|ACCESS_KEY|SECRET_KEY|CREDENTIALS?)$",
     re.IGNORECASE,
 )
-# Values that point at a secret instead of being one.
-_REFERENCE = re.compile(r"^(\$|\{\{|<|/|arn:|projects/|https://[\w.-]+\.vault\.azure\.net/)")
+# Values that point at a secret instead of being one: a shell/Kubernetes variable or command
+# substitution ($var, ${var}, $(VAR), $(command ...)), a template, a path, an ARN, a secret's URL.
+_REFERENCE = re.compile(r"^(\$[A-Za-z_{(]|\{\{|<|/|arn:|projects/|https://[\w.-]+\.vault\.azure\.net/)")
 # Where SageMaker hosting reads credentials: only the container environment. It has no reference to
 # Secrets Manager, and the LMI container reads HF_TOKEN from its environment; the value comes from a
 # Pulumi secret and is readable only with sagemaker:DescribeModel.
@@ -33,6 +37,11 @@ SAGEMAKER_ENV_ALLOWED = {
 _ASSIGNMENT = re.compile(
     r"""(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*[=:]\s*["']?(?P<value>[^\s"'#]*)""",
 )
+# `printf 'FORMAT' ARGS...` on one line (up to a pipe, redirection, separator or comment).
+_PRINTF = re.compile(r"""\bprintf[ \t]+(?:--[ \t]+)?(?P<quote>['"])(?P<format>(?:(?!(?P=quote))[^\n])*)(?P=quote)(?P<args>[^\n|;&>#]*)""")
+# printf conversions: %% and %s/%b/%q/%d/... with flags, width and precision.
+_PRINTF_DIRECTIVE = re.compile(r"%(?:%|[-+ #0]*\d*(?:\.\d+)?[bcdiouxXeEfgGqs])")
+_PRINTF_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
 _API_KEY_FLAG = re.compile(r"""--(?:api-key|hf-token|token)(?:=|\s+)["']?(?P<value>[^\s"']+)""")
 _POD_WORKLOADS = {
     "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
@@ -69,8 +78,25 @@ def _script_text(value: Any) -> str:
     return text
 
 
+def _printf_arguments(text: str) -> list[str]:
+    text = text.strip().removesuffix("\\").strip()  # a line continuation
+    try:
+        return shlex.split(text)
+    except ValueError:
+        return text.split()
+
+
+def _printf_output(match: re.Match[str]) -> str:
+    """What a printf writes: its format with the arguments (quotes removed) in place of the directives."""
+    arguments = iter(_printf_arguments(match["args"]))
+    output = _PRINTF_DIRECTIVE.sub(lambda d: "%" if d[0] == "%%" else next(arguments, ""), match["format"])
+    for escape, character in _PRINTF_ESCAPES.items():
+        output = output.replace(escape, character)
+    return f"printf {output}"
+
+
 def script_problems(script: Any, where: str) -> Iterator[str]:
-    text = _script_text(script)
+    text = _PRINTF.sub(_printf_output, _script_text(script))
     for match in _ASSIGNMENT.finditer(text):
         if SECRET_NAME.search(match["name"]) and is_literal(match["value"]):
             yield f"{where} assigns {match['name']} a literal; fetch it at boot from the secret store (Key Vault, Secret Manager, Secrets Manager)"

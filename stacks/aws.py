@@ -8,6 +8,7 @@ import pulumi
 
 from bench import catalog
 from components.aws_common import sagemaker_instance_types
+from components.cost_budget import budget_args_from_config, create_budget
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
@@ -40,7 +41,7 @@ CONFIG_KEYS = {
     "price_per_hour": "pricePerHour",
     # the streaming gateway
     "mode": "gatewayMode",
-    "api_key_source": "gatewayApiKeySource",
+    "api_key_source": "gatewayApiKeySource",  # pragma: allowlist secret (config key name)
     "function_url_auth": "gatewayFunctionUrlAuth",
     "limits.rate_per_second": "gatewayRateLimit",
     "limits.burst": "gatewayBurstLimit",
@@ -78,6 +79,8 @@ def build() -> dict[str, Any]:
     min_instances = cfg.integer("minInstances")
     max_instances = cfg.integer("maxInstances")
     price = hourly_price(cfg, instance_type)
+    # The cost guard (optional: budgetMonthlyUsd 0 creates none), checked before anything is created.
+    budget_args = budget_args_from_config(cfg, "aws", tags=tags)
 
     with config_keys(cfg, CONFIG_KEYS):
         # Scaling first: its args check min/max before anything is created.
@@ -90,6 +93,7 @@ def build() -> dict[str, Any]:
             scale_in_cooldown_seconds=cfg.integer("scaleInCooldownSeconds"),
             concurrency_scale_out=cfg.boolean("concurrencyScaleOut"),
             target_concurrent_requests_per_instance=cfg.integer("targetConcurrentRequestsPerInstance"),
+            tags=tags,
         )
         scaling_args.validate()
         endpoint = SageMakerEndpoint(
@@ -160,7 +164,9 @@ def build() -> dict[str, Any]:
             ),
         )
 
-    return {
+    budget = create_budget("cost", budget_args) if budget_args is not None else None
+
+    outputs: dict[str, Any] = {
         "url": gateway.url,
         "apiKey": gateway.api_key,
         "endpointName": endpoint.endpoint_name,
@@ -170,3 +176,6 @@ def build() -> dict[str, Any]:
         "dashboardUrl": monitoring.dashboard_url,
         "alarmTopicArn": monitoring.topic_arn,
     }
+    if budget is not None:
+        outputs["budgetName"] = budget.budget_name
+    return outputs

@@ -16,6 +16,7 @@ from pulumi_azure_native import resources
 from bench import catalog
 from components.azure_network import AzureNetwork, AzureNetworkArgs, azure_name
 from components.azure_vllm_vm import AzureVllmVm, AzureVllmVmArgs
+from components.cost_budget import budget_args_from_config, create_budget
 from stacks.config import PROJECT, ConfigError, StackConfig, config_keys, standard_tags
 
 # Component field -> config key, so a bad value is reported under the key the user set.
@@ -179,6 +180,9 @@ def build() -> dict[str, Any]:
         )
         vm_args.validate()
     price = hourly_price(cfg, vm_size, region)
+    # The cost guard (optional: budgetMonthlyUsd 0 creates none) covers the stack's resource group; its
+    # settings are checked here, before anything is created, and the scope is set once the group exists.
+    budget_args = budget_args_from_config(cfg, "azure", tags=tags)
 
     group = resources.ResourceGroup(
         f"llm-{stack}-rg", resource_group_name=group_name, location=region, tags=tags
@@ -195,11 +199,13 @@ def build() -> dict[str, Any]:
         ),
     )
 
+    budget = create_budget("cost", replace(budget_args, scope=group.id)) if budget_args is not None else None
+
     if tls:
         url = pulumi.Output.from_input(tls_domain or net.fqdn).apply(lambda host: f"https://{host}/v1")
     else:
         url = net.fqdn.apply(lambda host: f"http://{host}:{vllm_port}/v1")
-    return {
+    outputs: dict[str, Any] = {
         "url": url,
         "apiKey": vm.api_key,
         "modelId": model_id,
@@ -212,6 +218,9 @@ def build() -> dict[str, Any]:
         "publicIp": net.public_ip_address,
         "keyVaultName": vm.key_vault_name,
     }
+    if budget is not None:
+        outputs["budgetName"] = budget.budget_name
+    return outputs
 
 
 def _ssh_public_key(cfg: StackConfig) -> str:

@@ -10,6 +10,7 @@ from pulumi_gcp import organizations
 from pulumi_kubernetes import Provider as KubernetesProvider
 
 from bench import catalog
+from components.cost_budget import budget_args_from_config, create_budget
 from components.gke_cluster import GkeCluster, GkeClusterArgs
 from components.vllm_kubernetes import VllmKubernetes, VllmKubernetesArgs
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
@@ -157,6 +158,8 @@ def build() -> dict[str, Any]:
             "(0.0.0.0/0 admits anyone holding the API key)",
         )
     price = hourly_price(cfg, machine.name, region)
+    # The cost guard (optional: budgetMonthlyUsd 0 creates none), checked before anything is created.
+    budget_args = budget_args_from_config(cfg, "gcp", tags=tags)
 
     with config_keys(cfg, CONFIG_KEYS), config_keys(gcp, GCP_KEYS):
         # All args first: each checks its values before any resource exists.
@@ -216,8 +219,9 @@ def build() -> dict[str, Any]:
             opts=pulumi.ResourceOptions(depends_on=cluster.node_pools),
         )
         workload = VllmKubernetes("vllm", workload_args, opts=pulumi.ResourceOptions(providers=[kubernetes]))
+    budget = create_budget("cost", budget_args) if budget_args is not None else None
 
-    return {
+    outputs: dict[str, Any] = {
         "url": workload.url,
         "apiKey": workload.api_key,
         "modelId": workload_args.model_id,
@@ -229,3 +233,6 @@ def build() -> dict[str, Any]:
         "region": region,
         "namespace": workload.namespace,
     }
+    if budget is not None:
+        outputs["budgetName"] = budget.budget_name
+    return outputs

@@ -27,7 +27,7 @@ from pulumi.runtime.sync_await import _sync_await
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["name"]
 ACCOUNT = "123456789012"
-DUMMY_SECRET = "dummy-secret-value"
+DUMMY_SECRET = "dummy-secret-value"  # pragma: allowlist secret (test fixture)
 
 
 @dataclass
@@ -99,6 +99,9 @@ def _aws_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]
         state["executionArn"] = f"arn:aws:execute-api:us-east-1:{ACCOUNT}:{name}"
     if args.typ == "aws:apigateway/stage:Stage":
         state["invokeUrl"] = f"https://{name}.execute-api.us-east-1.amazonaws.com/{args.inputs.get('stageName', 'prod')}"
+    if args.typ == "aws:kms/key:Key":
+        state["keyId"] = f"{name}-key-id"
+        state["arn"] = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{state['keyId']}"
     if args.typ == "aws:apigateway/apiKey:ApiKey":
         state["value"] = args.inputs.get("value") or "mock-api-key-value-0123456789"
     return state
@@ -108,7 +111,7 @@ def _aws_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]
 _AZURE_NAME_INPUTS = {
     "azure-native:resources:ResourceGroup": "resourceGroupName",
     "azure-native:keyvault:Vault": "vaultName",
-    "azure-native:keyvault:Secret": "secretName",
+    "azure-native:keyvault:Secret": "secretName",  # pragma: allowlist secret (property name)
     "azure-native:managedidentity:UserAssignedIdentity": "resourceName",
     "azure-native:network:NetworkSecurityGroup": "networkSecurityGroupName",
     "azure-native:network:VirtualNetwork": "virtualNetworkName",
@@ -117,6 +120,7 @@ _AZURE_NAME_INPUTS = {
     "azure-native:network:NetworkInterface": "networkInterfaceName",
     "azure-native:compute:VirtualMachine": "vmName",
     "azure-native:compute:VirtualMachineExtension": "vmExtensionName",
+    "azure-native:consumption:Budget": "budgetName",
 }
 
 

@@ -33,7 +33,11 @@ def test_stamps_are_taken_in_the_protocol_per_read(mock_server):
     reply = send(server.url)
     rec = measure(reply)
     assert rec["ok"], rec
-    assert len(reply.marks) >= 8  # headers+role chunk, then one read per content chunk at least
+    # The request's write to the socket is stamped too: TTFT counts from there.
+    assert reply.t_start_ns < reply.t_sent_ns < reply.marks[0][0]
+    assert 0 <= rec["send_delay_ms"] < rec["ttft_ms"]
+    # One stamp per socket read (a busy machine may coalesce chunks 5 ms apart into one read).
+    assert len(reply.marks) >= 2
     assert [m[1] for m in reply.marks] == sorted(m[1] for m in reply.marks)
     assert issubclass(StampingConnector, object) and _StampingProtocol.data_received
     # The role-only chunk arrives at once; TTFT waits for real content.

@@ -49,6 +49,15 @@ def test_metrics_from_scripted_times_with_role_chunk_and_usage():
     assert rec["single_read"] is False
 
 
+def test_times_count_from_the_socket_write_and_the_send_delay_is_reported():
+    r = reply([(sse({"content": "a"}), 50), (sse({"content": "b"}), 60), (b"data: [DONE]\n\n", 61)])
+    r.t_sent_ns = 4 * MS  # the HTTP library wrote the request 4 ms after the client started it
+    rec = measure(r)
+    assert (rec["ttft_ms"], rec["e2e_ms"], rec["send_delay_ms"]) == (46.0, 56.0, 4.0)
+    unknown = measure(reply([(sse({"content": "a"}), 50), (sse({"content": "b"}), 60), (b"data: [DONE]\n\n", 61)]))
+    assert unknown["ttft_ms"] == 50.0 and "send_delay_ms" not in unknown  # e.g. --http2: from the start
+
+
 def test_chunk_counting_without_usage():
     r = reply([(sse({"content": "a"}), 30), (sse({"content": "b"}), 40), (sse({"content": "c"}), 55), (b"data: [DONE]\n\n", 56)])
     rec = measure(r)

@@ -25,7 +25,8 @@ LEVEL_KEYS = {
     "concurrency", "rate", "requests", "succeeded", "failed", "errors", "error_examples", "duration_s",
     "request_throughput_rps", "output_tokens", "prompt_tokens", "output_throughput_tok_s", "token_count_source",
     "ttft_ms", "itl_ms", "tpot_ms", "e2e_ms", "client_lag_ms", "goodput_rps", "slo_attainment",
-    "cost_per_1k_tokens_usd", "cost_per_1m_tokens_usd", "server_ttft_ms", "gateway_share_ttft_ms",
+    "cost_per_1k_tokens_usd", "cost_per_1m_tokens_usd", "client_send_delay_ms", "retried",
+    "server_ttft_ms", "gateway_share_ttft_ms",
     "warmup_requests", "client_cpu_s", "client_cpu_ms_per_request", "stopped_early", "warnings",
 }  # fmt: skip
 TOP_KEYS = {"target", "config", "client", "run_id", "started_at", "finished_at", "status", "levels"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from components import InvalidArgs
@@ -47,6 +49,7 @@ def test_component_children_are_parented_and_named_from_the_component():
         TokenAwareAutoscaling("chat-scaling", TokenAwareAutoscalingArgs(
             endpoint_name=endpoint.endpoint_name, min_instances=1, max_instances=2,
             target_tokens_per_minute_per_instance=30000, concurrency_scale_out=False,
+            tags={"project": "p", "stack": "dev", "owner": "o"},
         ))
         EndpointMonitoring("chat-watch", EndpointMonitoringArgs(
             endpoint_name=endpoint.endpoint_name, region="eu-west-1", price_per_hour=1.0, max_instances=2,
@@ -65,6 +68,16 @@ def test_component_children_are_parented_and_named_from_the_component():
     # Without the fast policy there is one policy; the email subscription exists when asked for.
     assert len(run.of_type("aws:appautoscaling/policy:Policy")) == 1
     assert run.one("aws:sns/topicSubscription:TopicSubscription").inputs["endpoint"] == "oncall@example.com"
+    # The alarm topic has its own customer-managed key (CloudWatch cannot use alias/aws/sns) in this region.
+    key = run.one("aws:kms/key:Key")
+    assert run.one("aws:sns/topic:Topic").inputs["kmsMasterKeyId"] == key.state["arn"]
+    cloudwatch = next(s for s in json.loads(key.inputs["policy"])["Statement"]
+                      if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"})
+    assert cloudwatch["Condition"]["ArnLike"]["aws:SourceArn"] == "arn:aws:cloudwatch:eu-west-1:123456789012:alarm:*"
+    assert run.one("aws:kms/alias:Alias").inputs["name"] == "alias/llm-inference/dev/chat-watch-alarms"
+    assert run.one("aws:sns/topicPolicy:TopicPolicy").inputs["arn"] == run.one("aws:sns/topic:Topic").state["arn"]
+    # The scalable target carries the tags it is given.
+    assert run.one("aws:appautoscaling/target:Target").inputs["tags"] == {"project": "p", "stack": "dev", "owner": "o"}
     assert run.one("aws:cloudwatch/logGroup:LogGroup").inputs["name"] == "/aws/sagemaker/Endpoints/chat-prod"
 
 

@@ -43,11 +43,11 @@ HOST = VllmHost(
     api_port=8000,
     key_vault_uri="https://llm-kv-abc123.vault.azure.net/",
     identity_client_id="55555555-5555-5555-5555-555555555555",
-    api_key_secret_name="vllm-api-key",
+    api_key_secret_name="vllm-api-key",  # pragma: allowlist secret (Key Vault secret name)
     hf_token_secret_name="",
 )
 TLS_HOST = replace(
-    HOST, tls_domain="llm.example.com", tls_email="ops@example.com", hf_token_secret_name="hf-token"
+    HOST, tls_domain="llm.example.com", tls_email="ops@example.com", hf_token_secret_name="hf-token"  # pragma: allowlist secret (Key Vault secret name)
 )
 
 needs_curl = pytest.mark.skipif(
@@ -298,7 +298,7 @@ def test_fetch_secrets_writes_a_root_only_env_file_from_key_vault(tmp_path):
         host = host_for(fake, replace(HOST, hf_token_secret_name="hf-token"))
         result = run_script(host, "/usr/local/sbin/llminfer-fetch-secrets", fetch_env(fake, out), tmp_path)
     assert result.returncode == 0, result.stderr
-    assert out.read_text() == "VLLM_API_KEY=key-from-vault\nHF_TOKEN=hf_from_vault\n"
+    assert out.read_text() == "VLLM_API_KEY=key-from-vault\nHF_TOKEN=hf_from_vault\n"  # pragma: allowlist secret (test fixture)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     token_requests = [r for r in fake.requests if r[0] == "/metadata/identity/oauth2/token"]
     assert token_requests[0][1]["client_id"] == ["55555555-5555-5555-5555-555555555555"]

@@ -72,7 +72,7 @@ def test_api_key_is_required_and_bearer_tokens_are_the_key(run):
     method = run.one("aws:apigateway/method:Method").inputs
     assert method["apiKeyRequired"] is True
     assert method["authorization"] == "CUSTOM" and method["authorizerId"]
-    assert run.one("aws:apigateway/restApi:RestApi").inputs["apiKeySource"] == "AUTHORIZER"
+    assert run.one("aws:apigateway/restApi:RestApi").inputs["apiKeySource"] == "AUTHORIZER"  # pragma: allowlist secret (setting value)
     authorizer = run.one("aws:apigateway/authorizer:Authorizer").inputs
     assert authorizer["type"] == "REQUEST"
     assert authorizer["identitySource"] == "method.request.header.Authorization"
@@ -85,7 +85,7 @@ def test_header_key_source_needs_no_authorizer():
     run = build(api_key_source="HEADER")
     method = run.one("aws:apigateway/method:Method").inputs
     assert method["apiKeyRequired"] is True and method["authorization"] == "NONE"
-    assert run.one("aws:apigateway/restApi:RestApi").inputs["apiKeySource"] == "HEADER"
+    assert run.one("aws:apigateway/restApi:RestApi").inputs["apiKeySource"] == "HEADER"  # pragma: allowlist secret (setting value)
     assert not run.of_type("aws:apigateway/authorizer:Authorizer")
     assert len(run.of_type("aws:lambda/function:Function")) == 1
 
@@ -187,7 +187,7 @@ def test_both_keeps_the_rest_api_as_url_and_iam_auth_needs_no_secret():
     ("overrides", "field"),
     [
         ({"mode": "alb"}, "mode"),
-        ({"api_key_source": "QUERY"}, "api_key_source"),
+        ({"api_key_source": "QUERY"}, "api_key_source"),  # pragma: allowlist secret (setting value)
         ({"limits": GatewayLimits(timeout_seconds=29)}, "limits.timeout_seconds"),
         ({"limits": GatewayLimits(timeout_seconds=901)}, "limits.timeout_seconds"),
         ({"limits": GatewayLimits(rate_per_second=0)}, "limits.rate_per_second"),

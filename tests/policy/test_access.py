@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policy import Node, rule
+from policy._access import APP_KEY_CHECK_VARIABLE
 
 ACCESS = rule("public-entry-auth")
 
@@ -31,9 +32,45 @@ def test_cors_preflight_is_exempt():
     assert messages(METHOD, {"httpMethod": "OPTIONS", "authorization": "NONE"}) == []
 
 
-def test_function_url_needs_iam_auth():
-    assert messages("aws:lambda/functionUrl:FunctionUrl", {"authorizationType": "AWS_IAM"}) == []
-    assert messages("aws:lambda/functionUrl:FunctionUrl", {"authorizationType": "NONE"})
+FUNCTION_URL = "aws:lambda/functionUrl:FunctionUrl"
+FUNCTION_ARN = "arn:aws:lambda:us-east-1:123456789012:function:gateway"
+
+
+def function(variables: dict) -> Node:
+    return Node("aws:lambda/function:Function", "gateway-fn",
+                {"name": "gateway", "arn": FUNCTION_ARN, "environment": {"variables": variables}})
+
+
+def function_url(auth: str, function_name: str = "gateway") -> Node:
+    return Node(FUNCTION_URL, "gateway-url", {"functionName": function_name, "authorizationType": auth})
+
+
+CHECKS_KEY = {APP_KEY_CHECK_VARIABLE: "arn:aws:secretsmanager:us-east-1:123456789012:secret:key"}  # pragma: allowlist secret (an ARN)
+
+
+def test_function_url_with_iam_auth_passes():
+    assert messages(FUNCTION_URL, {"authorizationType": "AWS_IAM"}) == []
+    assert graph(function_url("AWS_IAM"), function({})) == []
+
+
+def test_function_url_without_iam_auth_needs_a_function_that_checks_the_key():
+    # Auth NONE is judged with the function, which one resource cannot show.
+    assert messages(FUNCTION_URL, {"authorizationType": "NONE"}) == []
+    assert graph(function_url("NONE"), function(CHECKS_KEY)) == []
+    assert graph(function_url("NONE", FUNCTION_ARN), function(CHECKS_KEY)) == []
+    assert graph(function_url("NONE", f"{FUNCTION_ARN}:live"), function(CHECKS_KEY)) == []
+    found = graph(function_url("NONE"), function({"GATEWAY_MODEL_ID": "m"}))
+    assert found and found[0].startswith("gateway-url:") and APP_KEY_CHECK_VARIABLE in found[0]
+    assert graph(function_url("NONE"), function({APP_KEY_CHECK_VARIABLE: ""}))
+    # A function outside the stack cannot be seen to check anything.
+    assert graph(function_url("NONE", "someone-elses-function"), function(CHECKS_KEY))
+    assert graph(function_url("NONE"))
+
+
+def test_the_key_check_variable_is_the_gateway_apps():
+    from gateway.settings import ENVIRONMENT_VARIABLES
+
+    assert ENVIRONMENT_VARIABLES["api_key_secret_arn"] == APP_KEY_CHECK_VARIABLE
 
 
 def test_lambda_permission_for_everyone_fails():
@@ -103,7 +140,8 @@ def lb(ranges: list[str] | None = None, annotations: dict | None = None) -> dict
 def test_load_balancer_needs_source_ranges():
     assert messages(SERVICE, lb(["203.0.113.0/24"])) == []
     assert messages(SERVICE, lb())
-    assert messages(SERVICE, lb(["0.0.0.0/0"]))
+    # 0.0.0.0/0 is a choice written down; whether the pods behind it require the key is the graph's.
+    assert messages(SERVICE, lb(["0.0.0.0/0"])) == []
     assert messages(SERVICE, lb(annotations={"networking.gke.io/load-balancer-type": "Internal"})) == []
     assert messages(SERVICE, {"spec": {"type": "ClusterIP"}}) == []
 
@@ -129,3 +167,19 @@ def test_pods_behind_a_load_balancer_need_the_api_key():
     elsewhere = deployment({"name": "vllm", "env": [KEY_ENV]})
     elsewhere = Node(elsewhere.type, elsewhere.name, {**elsewhere.props, "metadata": {"namespace": "other"}})
     assert graph(service, elsewhere)
+
+
+def test_load_balancer_open_to_the_internet_passes_only_behind_the_api_key():
+    open_service = Node(SERVICE, "vllm-lb", lb(["0.0.0.0/0"]))
+    assert graph(open_service, deployment({"name": "vllm", "args": ["--api-key", "$(VLLM_API_KEY)"], "env": [KEY_ENV]})) == []
+    found = graph(open_service, deployment({"name": "vllm", "args": ["--model", "m"]}))
+    assert any(f.startswith("vllm-lb:") and "0.0.0.0/0" in f for f in found)
+    assert any(f.startswith("vllm:") and "without an API key" in f for f in found)
+    # Every pod behind it must require the key, and it must select pods the policy can see.
+    keyless = Node("kubernetes:apps/v1:Deployment", "sidecar", deployment({"name": "other"}).props)
+    found = graph(open_service, deployment({"name": "vllm", "env": [KEY_ENV]}), keyless)
+    assert any(f.startswith("vllm-lb:") and "0.0.0.0/0" in f for f in found)
+    assert any(f.startswith("vllm-lb:") and "0.0.0.0/0" in f for f in graph(open_service))
+    # An internal load balancer admits no one from the internet, whatever its ranges say.
+    internal = Node(SERVICE, "vllm-lb", lb(["0.0.0.0/0"], {"networking.gke.io/load-balancer-type": "Internal"}))
+    assert graph(internal, deployment({"name": "vllm", "args": ["--model", "m"]})) == []

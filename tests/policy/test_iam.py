@@ -121,3 +121,14 @@ def test_kubernetes_rbac():
     binding = "kubernetes:rbac.authorization.k8s.io/v1:ClusterRoleBinding"
     assert messages(binding, {"roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}})
     assert messages(binding, {"roleRef": {"kind": "ClusterRole", "name": "system:auth-delegator"}}) == []
+
+
+def test_key_policies_are_resource_policies_not_checked_for_a_wildcard_resource():
+    # In a key policy Resource "*" means this key; the principals are what is named.
+    from components.endpoint_monitoring import alarm_key_policy
+
+    policy = alarm_key_policy("aws", "us-east-1", "123456789012")
+    assert {s["Resource"] for s in json.loads(policy)["Statement"]} == {"*"}
+    assert messages("aws:kms/key:Key", {"policy": policy}) == []
+    # The same statements as an identity policy would be refused.
+    assert messages("aws:iam/policy:Policy", {"policy": policy})

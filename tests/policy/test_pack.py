@@ -100,3 +100,22 @@ def test_pack_config_raises_the_ceiling(pack):
     config = proto.PolicyConfig(enforcementLevel=proto.MANDATORY, properties=struct({"ceiling": 64}))
     pack.Configure(proto.ConfigureAnalyzerRequest(policyConfig={"gpu-capacity-max": config}))
     assert analyze(pack, "aws:appautoscaling/target:Target", target) == []
+
+
+def test_pack_judges_a_function_url_with_its_function(pack):
+    def resource(type_: str, name: str, props: dict) -> proto.AnalyzerResource:
+        return proto.AnalyzerResource(type=type_, name=name, urn=f"urn:pulumi:aws::llm-inference::{type_}::{name}",
+                                      properties=struct(props))
+
+    def access_findings(variables: dict) -> list:
+        function = resource("aws:lambda/function:Function", "gateway",
+                            {"name": "gateway-fn", "tags": TAGS, "environment": {"variables": variables}})
+        url = resource("aws:lambda/functionUrl:FunctionUrl", "gateway-url",
+                       {"functionName": "gateway-fn", "authorizationType": "NONE"})
+        found = pack.AnalyzeStack(proto.AnalyzeStackRequest(resources=[function, url])).diagnostics
+        return [d for d in found if d.policyName == "public-entry-auth-graph"]
+
+    checks_key = {"GATEWAY_API_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:k"}  # pragma: allowlist secret (an ARN)
+    assert access_findings(checks_key) == []
+    (finding,) = access_findings({})
+    assert finding.urn.endswith("::gateway-url") and "AWS_IAM" in finding.message

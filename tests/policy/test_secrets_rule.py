@@ -28,14 +28,14 @@ def test_not_credential_names(name):
 
 def test_lambda_environment():
     fn = "aws:lambda/function:Function"
-    assert messages(fn, {"environment": {"variables": {"API_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:k"}}}) == []
-    assert messages(fn, {"environment": {"variables": {"UPSTREAM_API_KEY": "sk-live-1234"}}})
+    assert messages(fn, {"environment": {"variables": {"API_KEY_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:k"}}}) == []  # pragma: allowlist secret (test fixture)
+    assert messages(fn, {"environment": {"variables": {"UPSTREAM_API_KEY": "sk-live-1234"}}})  # pragma: allowlist secret (fake key the rule must catch)
 
 
 def test_sagemaker_hf_token_is_the_named_exception():
     model = "aws:sagemaker/model:Model"
     assert messages(model, {"primaryContainer": {"environment": {"HF_TOKEN": "hf_abc", "HF_MODEL_ID": "m"}}}) == []
-    assert messages(model, {"primaryContainer": {"environment": {"OTHER_API_KEY": "abc123"}}})
+    assert messages(model, {"primaryContainer": {"environment": {"OTHER_API_KEY": "abc123"}}})  # pragma: allowlist secret (fake key the rule must catch)
 
 
 def test_kubernetes_env_value_and_args():
@@ -63,3 +63,25 @@ def test_cloud_init_base64_and_plain():
     assert messages(vm, {"osProfile": {"customData": encode(assigned)}})
     assert messages("aws:ec2/instance:Instance", {"userData": assigned})
     assert messages("gcp:compute/instance:Instance", {"metadata": {"startup-script": assigned}})
+
+
+def test_a_shell_variable_is_a_reference_and_a_literal_is_not():
+    vm = "azure-native:compute:VirtualMachine"
+    encode = lambda text: base64.b64encode(text.encode()).decode()  # noqa: E731
+
+    def found(script: str) -> list[str]:
+        return messages(vm, {"osProfile": {"customData": encode(f"#!/bin/bash\n{script}\n")}})
+
+    # What the Azure VM's cloud-init does: the key comes from Key Vault at boot into a variable, and
+    # printf writes it to a root-only env file.
+    assert found("""api_key=$(secret llm-api-key)\n{\n  printf 'VLLM_API_KEY=%s\\n' "$api_key"\n} > "$tmp\"""") == []
+    assert found("""printf 'HF_TOKEN=%s\\n' "${hf_token}" >> /etc/llm/secrets.env""") == []
+    assert found("export VLLM_API_KEY=$api_key") == []
+    assert found("export VLLM_API_KEY=\"${api_key}\"") == []
+    # A literal, assigned or printed, is a clear-text secret.
+    assert found("""printf 'VLLM_API_KEY=%s\\n' 'sk-live-0123456789'""")  # pragma: allowlist secret (fake key the rule must catch)
+    assert found("""printf '%s=%s\\n' HF_TOKEN hf_abcdef123456""")  # pragma: allowlist secret (fake token the rule must catch)
+    assert found("export VLLM_API_KEY=sk-live-0123456789")  # pragma: allowlist secret (fake key the rule must catch)
+    assert found("printf -- '--api-key=%s' sk-live-0123456789")  # pragma: allowlist secret (fake key the rule must catch)
+    # `$` followed by something that is no variable is not a reference.
+    assert found("export DB_PASSWORD='$3cr3t!'")  # pragma: allowlist secret (fake password the rule must catch)

@@ -42,12 +42,17 @@ def test_endpoint_core_graph(aws):
         "aws:cloudwatch/metricAlarm:MetricAlarm": 5,
         "aws:cloudwatch/dashboard:Dashboard": 1,
         "aws:sns/topic:Topic": 1,
+        "aws:sns/topicPolicy:TopicPolicy": 1,
+        "aws:kms/key:Key": 1,
+        "aws:kms/alias:Alias": 1,
+        # The cost guard is off unless budgetMonthlyUsd is set.
+        "aws:budgets/budget:Budget": 0,
     }
     for type_, count in expected.items():
         if count is None:
             assert counts.get(type_, 0) >= 1, type_
         else:
-            assert counts.get(type_) == count, (type_, counts)
+            assert counts.get(type_, 0) == count, (type_, counts)
     # Every resource of the endpoint and its autoscaling/monitoring hangs under a component.
     components = {r.urn for r in aws.resources if r.type.startswith("llminfer:")}
     for resource in aws.resources:
@@ -180,6 +185,38 @@ def test_alarms_watch_latency_slo_errors_and_capacity(aws):
             assert alarm["dimensions"] == {"EndpointName": "llm-aws", "VariantName": "AllTraffic"}
 
 
+def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(aws):
+    # CloudWatch cannot publish to a topic under the AWS-managed alias/aws/sns key: notifications
+    # would be dropped. The topic has a customer-managed key whose policy lets CloudWatch use it.
+    key = aws.one("aws:kms/key:Key")
+    topic = aws.one("aws:sns/topic:Topic")
+    assert topic.inputs["kmsMasterKeyId"] == key.state["arn"] != "alias/aws/sns"
+    assert key.inputs["enableKeyRotation"] is True
+    assert 7 <= key.inputs["deletionWindowInDays"] <= 30
+    assert {"project", "stack", "owner"} <= set(key.inputs["tags"])
+    alias = aws.one("aws:kms/alias:Alias")
+    assert alias.inputs["targetKeyId"] == key.state["keyId"]
+    assert alias.inputs["name"] == "alias/llm-inference/aws/llm-monitoring-alarms"
+    source = {"StringEquals": {"aws:SourceAccount": "123456789012"},
+              "ArnLike": {"aws:SourceArn": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:*"}}
+    statements = {s["Sid"]: s for s in json.loads(key.inputs["policy"])["Statement"]}
+    assert statements == {
+        "AccountAdministersTheKey": {
+            "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"}, "Action": "kms:*", "Resource": "*",
+            "Sid": "AccountAdministersTheKey"},
+        "CloudWatchAlarmsPublishToTheEncryptedTopic": {
+            "Effect": "Allow", "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*", "Condition": source,
+            "Sid": "CloudWatchAlarmsPublishToTheEncryptedTopic"},
+    }
+    (publish,) = json.loads(aws.one("aws:sns/topicPolicy:TopicPolicy").inputs["policy"])["Statement"]
+    assert aws.one("aws:sns/topicPolicy:TopicPolicy").inputs["arn"] == topic.state["arn"]
+    assert publish == {"Sid": "CloudWatchAlarmsPublish", "Effect": "Allow", "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                       "Action": "sns:Publish", "Resource": topic.state["arn"], "Condition": source}
+    aws_api.validate("kms", "CreateKey", {"Policy": key.inputs["policy"], "Description": key.inputs["description"],
+                                          "Tags": [{"TagKey": k, "TagValue": v} for k, v in key.inputs["tags"].items()]})
+
+
 def test_dashboard_shows_tokens_ttft_cost_instances_errors(aws):
     dashboard = aws.one("aws:cloudwatch/dashboard:Dashboard")
     body = json.loads(dashboard.inputs["dashboardBody"])
@@ -232,6 +269,7 @@ def test_every_taggable_resource_is_tagged(aws):
     for resource in aws.resources:
         if resource.type.startswith("aws:sagemaker/") or resource.type in (
             "aws:cloudwatch/metricAlarm:MetricAlarm", "aws:sns/topic:Topic", "aws:cloudwatch/logGroup:LogGroup",
+            "aws:appautoscaling/target:Target", "aws:kms/key:Key",
         ):
             tags = resource.inputs.get("tags") or {}
             assert {"project", "stack", "owner"} <= set(tags), (resource.type, resource.name, tags)
@@ -262,6 +300,9 @@ def test_price_override_and_hf_token_secret():
         ({"minInstances": 0}, "llm-inference:minInstances", "at least 1"),
         ({"hfToken": "hf_in_clear_text"}, "llm-inference:hfToken", "clear text"),
         ({"cloud": "oracle"}, "llm-inference:cloud", "names no cloud"),
+        ({"budgetMonthlyUsd": 100}, "llm-inference:budgetAlertEmail", "needs a recipient"),
+        ({"budgetMonthlyUsd": 100, "budgetAlertEmail": "ops"}, "llm-inference:budgetAlertEmail", "not an email"),
+        ({"budgetMonthlyUsd": -1}, "llm-inference:budgetMonthlyUsd", "at least 0"),
     ],
 )
 def test_bad_config_names_the_key(overrides, key, words):

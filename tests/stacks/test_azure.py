@@ -70,7 +70,7 @@ def rules_for_port(run: StackRun, port: int) -> list[dict]:
 def test_outputs(run):
     assert run.outputs == {
         "url": f"http://{FQDN}:8000/v1",
-        "apiKey": "mockrandom0123456789mockrandom0123456789mockrand",
+        "apiKey": "mockrandom0123456789mockrandom0123456789mockrand",  # pragma: allowlist secret (mock value)
         "modelId": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
         "vmSize": "Standard_NV36adms_A10_v5",
         "pricePerHour": 3.60,
@@ -300,7 +300,7 @@ def _strings(value: Any, path: str = "") -> list[tuple[str, str]]:
 
 def test_an_api_key_in_clear_text_is_refused():
     with pytest.raises(ConfigError, match="--secret llm-inference:apiKey"):
-        azure({"apiKey": "plain-text-key"})
+        azure({"apiKey": "plain-text-key"})  # pragma: allowlist secret (fake key the rule must catch)
 
 
 # -------------------------------------------------------------------------------------- Key Vault
@@ -378,6 +378,8 @@ def test_tls_with_a_custom_domain():
         ({"resourceGroupName": "bad/name"}, "llm-inference:resourceGroupName", "resource group name"),
         ({"azure-native:location": None}, "azure-native:location", "eastus"),
         ({"azure-native:location": "East US"}, "azure-native:location", "short name"),
+        ({"budgetMonthlyUsd": 100}, "llm-inference:budgetAlertEmail", "contact email"),
+        ({"budgetMonthlyUsd": 100, "alarmEmail": "ops@example"}, "llm-inference:budgetAlertEmail", "not an email"),
     ],
 )
 def test_bad_config_names_the_key(overrides, key, message):

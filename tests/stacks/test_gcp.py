@@ -264,6 +264,9 @@ def test_regional_spot_stack_with_price_override_and_hf_token():
         ({"gcp:zone": "europe-west4-a"}, "gcp:zone", "not a zone of region us-central1"),
         ({"gcp:project": None}, "gcp:project", "is not set"),
         ({"gcp:project": "Not_A_Project"}, "gcp:project", "not a GCP project id"),
+        ({"budgetMonthlyUsd": 100}, "llm-inference:gcpBillingAccount", "billing account id"),
+        ({"budgetMonthlyUsd": 100, "gcpBillingAccount": "0123AB-4567CD-89EF01", "budgetAlertEmail": "a@b.c, x"},
+         "llm-inference:budgetAlertEmail", "not an email"),
     ],
 )  # fmt: skip
 def test_bad_config_names_the_key(overrides, key, words):
