@@ -7,11 +7,14 @@ stderr); 3 stopped by --max-error-rate; 130 interrupted (partial results written
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from bench.config import DEFAULT_RATE_CAP, BenchConfig, UsageError
@@ -281,6 +284,31 @@ def urlparse_host(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C (SIGINT) and SIGTERM stop the run and keep its partial results.
+
+    A process started in the background by a non-interactive shell (nohup, CI, `cmd &`) inherits SIGINT
+    ignored, and Python then leaves it ignored: set it explicitly. SIGTERM (kill, timeout, a
+    supervisor) takes the same path instead of killing the run before it writes anything.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # bench.run from a thread: signals are the caller's business
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_bench(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -297,7 +325,8 @@ def run_bench(argv: list[str]) -> int:
 
     display = Display(enabled=cfg.progress)
     display.banner(cfg)
-    result = run_benchmark(cfg, display)
+    with _interruptible():
+        result = run_benchmark(cfg, display)
     display.close()
     write_outputs(result.summary, cfg.out_dir, charts=not args.no_charts)
     display.final(result.summary, cfg.out_dir, result.exit_code)

@@ -28,7 +28,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -496,11 +496,18 @@ def check_fits(
     raise ModelDoesNotFit(plan.problem_field or "model", plan)
 
 
-def cheapest_fitting(spec: ModelSpec, engine: Engine, *, like: Instance) -> Instance | None:
-    """The cheapest catalog instance of `like`'s cloud and kind (SageMaker ml.* or not) that fits."""
+def cheapest_fitting(
+    spec: ModelSpec, engine: Engine, *, like: Instance, among: Collection[str] | None = None
+) -> Instance | None:
+    """The cheapest catalog instance of `like`'s cloud and kind (SageMaker ml.* or not) that fits.
+
+    `among` limits the candidates to those names (the types a stack accepts).
+    """
     sagemaker = like.name.startswith("ml.")
     for candidate in catalog.instances_of(like.cloud):
         if candidate.name.startswith("ml.") != sagemaker or candidate.price_per_hour is None:
+            continue
+        if among is not None and candidate.name not in among:
             continue
         if plan_memory(spec, candidate, engine).fits:
             return candidate
@@ -527,14 +534,16 @@ def check_stack_fit(
     instance_key: str,
     instance_type: str | None = None,
     quantization_key: str | None = None,
+    instance_choices: Collection[str] | None = None,
 ) -> MemoryPlan | None:
     """The stacks' preview-time fit check: raise `stacks.config.ConfigError` naming the offending key.
 
     `cfg` is a `stacks.config.StackConfig`; `instance_key` the config key of the instance/VM/machine
     type (`instance_type` when the stack has already read it); `quantization_key` the key of the
-    engine's --quantization, where the stack has one. Reads modelId, maxModelLen, maxBatchSize,
-    gpuMemoryUtilization, fitCheckModel ("off" skips the check; a catalog name sizes a custom
-    modelId) and fitCheckQuantization.
+    engine's --quantization, where the stack has one; `instance_choices` the types the stack accepts
+    under `instance_key` (default: any of the cloud's), so that a bigger one it suggests is one the
+    stack can deploy. Reads modelId, maxModelLen, maxBatchSize, gpuMemoryUtilization, fitCheckModel
+    ("off" skips the check; a catalog name sizes a custom modelId) and fitCheckQuantization.
     """
     from stacks.config import ConfigError  # lazily: bench stays importable without Pulumi
 
@@ -572,14 +581,33 @@ def check_stack_fit(
             catalog_model=sized_as or None,
         )
     except ModelDoesNotFit as err:
+        if instance_choices is not None and err.bigger and err.bigger.name not in instance_choices:
+            plan = err.plan
+            err.bigger = cheapest_fitting(plan.spec, plan.engine, like=plan.instance, among=instance_choices)
         key = STACK_KEYS.get(err.field, "modelId")
         util = err.plan.engine.gpu_memory_utilization
         problem = err.problem.replace("max_model_len", "maxModelLen").replace(
             f"usable at {util:g}", f"usable at gpuMemoryUtilization {util:g}"
         )
         fix = err.suggestion(cfg.key("maxModelLen"), cfg.key(instance_key))
-        plan_cmd = f"`python -m bench plan --model {model_id} --instance {instance_type}` shows the budget"
+        plan_cmd = f"`{_plan_command(err.plan, sized_as or model_id, quant)}` shows the budget"
         raise ConfigError(cfg.key(key), values[key], problem, f"{fix}; {plan_cmd}" if fix else plan_cmd) from err
+
+
+def _plan_command(plan: MemoryPlan, model: str, quantization: str | None) -> str:
+    """The `bench plan` command that shows the budget the fit check computed (same model and settings)."""
+    parts = ["python -m bench plan", f"--model {model}"]
+    if quantization:
+        parts.append(f"--quantization {plan.spec.quantization.name}")
+    parts.append(f"--instance {plan.instance.name}")
+    engine, default = plan.engine, Engine()
+    if engine.max_model_len != default.max_model_len:
+        parts.append(f"--max-model-len {engine.max_model_len}")
+    if engine.max_batch_size != default.max_batch_size:
+        parts.append(f"--max-batch-size {engine.max_batch_size}")
+    if engine.gpu_memory_utilization != default.gpu_memory_utilization:
+        parts.append(f"--gpu-memory-utilization {engine.gpu_memory_utilization:g}")
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

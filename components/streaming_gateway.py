@@ -8,7 +8,7 @@ endpoint, reached through an API Gateway REST API that streams, or a Lambda Func
   `response_transfer_mode="STREAM"` on the function's response-streaming invoke ARN and a timeout above
   the 29 s default; API key required, usage plan (rate, burst, quota), JSON access logs and execution
   logs in retention-bound log groups, OpenAI-style bodies on API Gateway's own errors.
-  With `api_key_source="AUTHORIZER"` (default) a small REQUEST authorizer hands the  # pragma: allowlist secret (setting value)
+  With the API key source set to AUTHORIZER (default) a small REQUEST authorizer hands the
   `Authorization: Bearer <key>` that the stock OpenAI client sends to the usage plan as the API key.
 - Function URL (mode function_url|both): `invoke_mode=RESPONSE_STREAM`, the fallback for when the REST
   API's streaming does not suit; auth by the app's own key check (key from Secrets Manager) or AWS_IAM.

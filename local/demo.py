@@ -345,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    # SIGTERM (CI, a supervisor) takes the same clean-up path as Ctrl-C.
+    # SIGTERM (CI, a supervisor) takes the same clean-up path as Ctrl-C; SIGINT is set explicitly because
+    # a process started in the background by a non-interactive shell inherits it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     try:
         options = DemoOptions(

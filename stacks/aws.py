@@ -7,6 +7,7 @@ from typing import Any
 import pulumi
 
 from bench import catalog
+from bench.planner import check_stack_fit
 from components.aws_common import sagemaker_instance_types
 from components.cost_budget import budget_args_from_config, create_budget
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
@@ -96,26 +97,34 @@ def build() -> dict[str, Any]:
             tags=tags,
         )
         scaling_args.validate()
-        endpoint = SageMakerEndpoint(
-            "llm",
-            SageMakerEndpointArgs(
-                model_id=cfg.text("modelId"),
-                region=region,
-                image_tag=cfg.text("lmiImageTag"),
-                image_account=cfg.text("lmiImageAccount"),
-                instance_type=instance_type,
-                initial_instance_count=min_instances,
-                max_model_len=cfg.integer("maxModelLen"),
-                max_batch_size=cfg.integer("maxBatchSize"),
-                gpu_memory_utilization=cfg.number("gpuMemoryUtilization"),
-                startup_health_check_timeout_seconds=cfg.integer("startupHealthCheckTimeoutSeconds"),
-                model_download_timeout_seconds=cfg.integer("modelDownloadTimeoutSeconds"),
-                inference_ami_version=cfg.text("inferenceAmiVersion", allow_empty=True),
-                log_retention_days=cfg.integer("logRetentionDays"),
-                hf_token=cfg.secret("hfToken"),
-                tags=tags,
-            ),
+        endpoint_args = SageMakerEndpointArgs(
+            model_id=cfg.text("modelId"),
+            region=region,
+            image_tag=cfg.text("lmiImageTag"),
+            image_account=cfg.text("lmiImageAccount"),
+            instance_type=instance_type,
+            initial_instance_count=min_instances,
+            max_model_len=cfg.integer("maxModelLen"),
+            max_batch_size=cfg.integer("maxBatchSize"),
+            gpu_memory_utilization=cfg.number("gpuMemoryUtilization"),
+            startup_health_check_timeout_seconds=cfg.integer("startupHealthCheckTimeoutSeconds"),
+            model_download_timeout_seconds=cfg.integer("modelDownloadTimeoutSeconds"),
+            inference_ami_version=cfg.text("inferenceAmiVersion", allow_empty=True),
+            log_retention_days=cfg.integer("logRetentionDays"),
+            hf_token=cfg.secret("hfToken"),
+            tags=tags,
         )
+        endpoint_args.validate()
+        # The model must fit the instance's GPUs (weights + one max-length sequence of KV cache): refused
+        # here, with the numbers, before the endpoint is created. LMI has no quantization key here: the
+        # checkpoint's own (AWQ for the default model) is what vLLM loads.
+        check_stack_fit(
+            cfg,
+            instance_key="sagemakerInstanceType",
+            instance_type=instance_type,
+            instance_choices=sagemaker_instance_types(),
+        )
+        endpoint = SageMakerEndpoint("llm", endpoint_args)
         TokenAwareAutoscaling(
             "llm-scaling",
             TokenAwareAutoscalingArgs(**{**scaling_args.__dict__, "endpoint_name": endpoint.endpoint_name}),
@@ -176,6 +185,10 @@ def build() -> dict[str, Any]:
         "dashboardUrl": monitoring.dashboard_url,
         "alarmTopicArn": monitoring.topic_arn,
     }
+    if gateway.function_url is not None:
+        # gatewayMode function_url or both: the Lambda Function URL's OpenAI base URL (ending in /v1).
+        # With function_url alone, `url` is this same URL; with both, `url` stays the REST API's.
+        outputs["functionUrl"] = gateway.function_url
     if budget is not None:
         outputs["budgetName"] = budget.budget_name
     return outputs

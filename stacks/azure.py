@@ -14,8 +14,9 @@ import pulumi
 from pulumi_azure_native import resources
 
 from bench import catalog
+from bench.planner import check_stack_fit
 from components.azure_network import AzureNetwork, AzureNetworkArgs, azure_name
-from components.azure_vllm_vm import AzureVllmVm, AzureVllmVmArgs
+from components.azure_vllm_vm import A10_V5_SIZES, AzureVllmVm, AzureVllmVmArgs
 from components.cost_budget import budget_args_from_config, create_budget
 from stacks.config import PROJECT, ConfigError, StackConfig, config_keys, standard_tags
 
@@ -179,6 +180,16 @@ def build() -> dict[str, Any]:
             tags=tags,
         )
         vm_args.validate()
+    # The model must fit the VM's GPUs (weights + one max-length sequence of KV cache, at the vLLM
+    # --quantization when one is set): refused here, with the numbers, before anything is created.
+    # A bigger size it suggests is one this stack deploys (an NVadsA10 v5 size).
+    check_stack_fit(
+        cfg,
+        instance_key="vmSize",
+        instance_type=vm_size,
+        quantization_key="vllmQuantization",
+        instance_choices=A10_V5_SIZES,
+    )
     price = hourly_price(cfg, vm_size, region)
     # The cost guard (optional: budgetMonthlyUsd 0 creates none) covers the stack's resource group; its
     # settings are checked here, before anything is created, and the scope is set once the group exists.

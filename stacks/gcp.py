@@ -10,6 +10,7 @@ from pulumi_gcp import organizations
 from pulumi_kubernetes import Provider as KubernetesProvider
 
 from bench import catalog
+from bench.planner import check_stack_fit
 from components.cost_budget import budget_args_from_config, create_budget
 from components.gke_cluster import GkeCluster, GkeClusterArgs
 from components.vllm_kubernetes import VllmKubernetes, VllmKubernetesArgs
@@ -209,6 +210,11 @@ def build() -> dict[str, Any]:
             hardened=cfg.boolean("gkeHardenedPod"),
             adapter_image=cfg.text("gkeMetricsAdapterImage"),
             labels=tags,
+        )
+        # The model must fit the node's GPUs (weights + one max-length sequence of KV cache, at the vLLM
+        # --quantization when one is set): refused here, with the numbers, before anything is created.
+        check_stack_fit(
+            cfg, instance_key="gkeMachineType", instance_type=machine.name, quantization_key="gkeQuantization"
         )
 
         cluster = GkeCluster("gke", cluster_args)

@@ -1,7 +1,7 @@
 """API Gateway REQUEST authorizer: lets the stock OpenAI client's `Authorization: Bearer <key>` be the
 API key of the usage plan.
 
-With the REST API's `api_key_source = "AUTHORIZER"`, API Gateway takes the key from the authorizer's  # pragma: allowlist secret (setting value)
+With the REST API's API key source set to AUTHORIZER, API Gateway takes the key from the authorizer's
 `usageIdentifierKey` and then checks it against the usage plan itself (unknown key -> 403, over the
 limits -> 429). So this function only lifts the bearer token out of the header; it never sees a list
 of valid keys and logs nothing. A request without a bearer token gets 401.

@@ -195,20 +195,34 @@ def _lines(path: Path) -> int:
         return 0
 
 
-def test_ctrl_c_writes_partial_results(tmp_path, mock_server):
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# SIGINT to the group as a terminal's Ctrl-C; the same with SIGINT ignored on entry, as for anything a
+# non-interactive shell starts in the background (nohup, CI); SIGTERM to the bench alone (kill, timeout).
+@pytest.mark.parametrize(
+    ("sig", "group", "preexec"),
+    [(signal.SIGINT, True, None), (signal.SIGINT, True, _ignore_sigint), (signal.SIGTERM, False, None)],
+    ids=["ctrl-c", "ctrl-c-when-started-in-background", "sigterm"],
+)
+def test_ctrl_c_writes_partial_results(tmp_path, mock_server, sig, group, preexec):
     server = mock_server(ttft_ms=5, itl_ms=20)  # ~150 ms a request: plenty in flight when Ctrl-C comes
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bench", server.url, "--model", "m", "--concurrency", "2", "--requests", "1000",
            "--warmup", "0", "--max-tokens", "8", "--workers", "1", "--out", str(out), "--no-progress", "--no-charts"]
     # A session of its own: SIGINT goes to the whole process group, as a terminal's Ctrl-C does.
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=preexec)
     try:
         deadline = time.monotonic() + 60
         while _lines(out / "requests.jsonl") < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
         stdout, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

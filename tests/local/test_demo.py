@@ -113,8 +113,10 @@ def test_demo_end_to_end_through_the_gateway(tmp_path):
             # Real token counts from the engine's usage chunk: at least one, at most what was asked.
             assert 1 <= record["output_tokens"] <= 16
             assert record["prompt_tokens"] > 0
-            assert 0 < record["ttft_ms"] < record["e2e_ms"] or record["output_tokens"] == 1
+            # Equal only when a busy client read the whole reply at once (the report flags single_read).
+            assert 0 < record["ttft_ms"] <= record["e2e_ms"]
         assert level["output_tokens"] == sum(r["output_tokens"] for r in measured)
+        assert 0 < level["ttft_ms"]["p50"] < level["e2e_ms"]["p50"]
     # The gateway measured every request it served (warmup included) and said so in EMF.
     served = len(_records(result.gateway))
     assert result.gateway_metric_lines == served

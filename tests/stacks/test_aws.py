@@ -8,7 +8,7 @@ import pytest
 
 from stacks.config import ConfigError
 from tests import aws_api
-from tests.pulumi_harness import DUMMY_SECRET, Secret, run_stack
+from tests.pulumi_harness import DUMMY_SECRET, Secret, StackRun, run_program, run_stack, stack_config
 
 EXPECTED_LMI_ENV = {
     "HF_MODEL_ID": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
@@ -313,3 +313,116 @@ def test_bad_config_names_the_key(overrides, key, words):
 
 def test_secret_values_never_reach_plain_outputs(aws):
     assert DUMMY_SECRET not in json.dumps(aws.outputs, default=str)
+
+
+# ------------------------------------------------------------------------------- fit check
+
+FP16_70B = "meta-llama/Llama-3.1-70B-Instruct"
+
+
+def refused(overrides: dict) -> tuple[ConfigError, StackRun]:
+    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
+    from stacks import build
+
+    config, secret_keys = stack_config("aws", overrides)
+    caught: list[ConfigError] = []
+
+    def program():
+        try:
+            build("aws")
+        except ConfigError as err:
+            caught.append(err)
+        return {}
+
+    run = run_program(program, stack="aws", config=config, secret_keys=secret_keys)
+    assert len(caught) == 1, caught
+    return caught[0], run
+
+
+def served_model(run: StackRun) -> str:
+    return run.one("aws:sagemaker/model:Model").inputs["primaryContainer"]["environment"]["HF_MODEL_ID"]
+
+
+def test_an_fp16_70b_that_cannot_fit_the_a10g_is_refused_with_the_numbers_before_anything_exists():
+    err, run = refused({"modelId": FP16_70B})
+    assert err.key == "llm-inference:modelId" and err.value == FP16_70B
+    message = str(err)
+    assert message.startswith(f"config llm-inference:modelId='{FP16_70B}': ")
+    # GB needed vs GB available.
+    assert "llama-3.1-70b fp16 needs 141.1 GB of weights" in message
+    assert "ml.g5.2xlarge has 1x A10G 24 GB" in message
+    assert "21.7 GB usable at gpuMemoryUtilization 0.9" in message
+    # The fix is an instance type SageMaker takes, under the key that sets it.
+    assert "`pulumi config set llm-inference:sagemakerInstanceType ml.g5.48xlarge`" in message
+    assert run.resources == []
+
+
+def test_a_context_the_kv_cache_cannot_hold_is_refused_under_max_model_len():
+    err, run = refused({"maxModelLen": 131072})
+    assert err.key == "llm-inference:maxModelLen" and err.value == 131072
+    assert "KV cache of one 131,072-token sequence needs 17.2 GB" in str(err)
+    assert "lower llm-inference:maxModelLen to 112,560 or less" in str(err)
+    assert run.resources == []
+
+
+def test_fit_check_model_sizes_a_custom_id_and_off_skips_the_check():
+    # A custom id the catalog cannot map passes (the check does not guess its size)...
+    custom = run_stack("aws", {"modelId": "my-org/my-custom-model"})
+    assert served_model(custom) == "my-org/my-custom-model"
+    # ... unless fitCheckModel names the catalog model to size it as.
+    err, run = refused({"modelId": "my-org/my-custom-model", "fitCheckModel": "llama-3.1-70b"})
+    assert err.key == "llm-inference:modelId" and "llama-3.1-70b fp16 needs 141.1 GB of weights" in str(err)
+    assert "--model llama-3.1-70b --instance ml.g5.2xlarge" in str(err)
+    assert run.resources == []
+    # off deploys what it is told.
+    off = run_stack("aws", {"modelId": FP16_70B, "fitCheckModel": "off"})
+    assert served_model(off) == FP16_70B
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "words"),
+    [
+        ({"fitCheckQuantization": "int3"}, "llm-inference:fitCheckQuantization", "is not one of: fp16"),
+        ({"fitCheckModel": "llama-9b"}, "llm-inference:fitCheckModel", "is not a catalog model"),
+    ],
+)
+def test_bad_fit_check_settings_are_refused_naming_the_key(overrides, key, words):
+    err, run = refused(overrides)
+    assert err.key == key and key in str(err) and words in str(err), str(err)
+    assert run.resources == []
+
+
+def test_fit_check_quantization_overrides_the_id():
+    # The default 8B AWQ id, sized as 16-bit: 16.1 GB of weights leave the KV cache too little for 64k.
+    err, _ = refused({"fitCheckQuantization": "fp16", "maxModelLen": 65536})
+    assert err.key == "llm-inference:maxModelLen" and "llama-3.1-8b fp16" in str(err)
+    assert "--quantization fp16" in str(err)
+    run_stack("aws", {"fitCheckQuantization": "awq-int4", "maxModelLen": 65536})
+
+
+# ------------------------------------------------------------------------ gateway outputs
+
+
+def test_apigateway_mode_exports_no_function_url(aws):
+    assert aws.outputs["url"].endswith(".execute-api.us-east-1.amazonaws.com/prod/v1")
+    assert "functionUrl" not in aws.outputs
+    assert not aws.of_type("aws:lambda/functionUrl:FunctionUrl")
+
+
+def test_function_url_mode_exports_the_function_url_as_url_and_function_url():
+    run = run_stack("aws", {"gatewayMode": "function_url"})
+    function_url = run.one("aws:lambda/functionUrl:FunctionUrl").state["functionUrl"]
+    assert function_url.endswith(".lambda-url.us-east-1.on.aws/")
+    assert run.outputs["functionUrl"] == function_url + "v1"
+    assert run.outputs["url"] == run.outputs["functionUrl"]
+    assert not run.of_type("aws:apigateway/restApi:RestApi")
+    assert "functionUrl" not in run.secret_outputs
+
+
+def test_both_mode_keeps_url_on_the_rest_api_and_exports_the_function_url():
+    run = run_stack("aws", {"gatewayMode": "both"})
+    stage = run.one("aws:apigateway/stage:Stage").state["invokeUrl"]
+    function_url = run.one("aws:lambda/functionUrl:FunctionUrl").state["functionUrl"]
+    assert run.outputs["url"] == stage + "/v1"
+    assert run.outputs["functionUrl"] == function_url.rstrip("/") + "/v1"
+    assert run.outputs["url"] != run.outputs["functionUrl"]

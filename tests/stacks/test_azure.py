@@ -406,3 +406,73 @@ def test_bad_config_creates_nothing():
     run = run_program(program, stack="azure", config=config, secret_keys=secrets)
     assert [err.key for err in caught] == ["llm-inference:osDiskSizeGb"]
     assert run.resources == []
+
+
+# ------------------------------------------------------------------------------- fit check
+
+FP16_70B = "meta-llama/Llama-3.1-70B-Instruct"
+FP16_8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def refused(overrides: dict[str, Any]) -> tuple[ConfigError, StackRun]:
+    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
+    from stacks import build
+
+    config, secrets = stack_config("azure", {"sshPublicKey": SSH_KEY, **overrides})
+    caught: list[ConfigError] = []
+
+    def program():
+        try:
+            build("azure")
+        except ConfigError as err:
+            caught.append(err)
+        return {}
+
+    run = run_program(program, stack="azure", config=config, secret_keys=secrets)
+    assert len(caught) == 1, caught
+    return caught[0], run
+
+
+def test_an_fp16_70b_that_cannot_fit_the_a10_is_refused_with_the_numbers_before_anything_exists():
+    err, run = refused({"modelId": FP16_70B})
+    assert err.key == "llm-inference:modelId" and err.value == FP16_70B
+    message = str(err)
+    assert "llama-3.1-70b fp16 needs 141.1 GB of weights" in message
+    assert "Standard_NV36adms_A10_v5 has 1x A10 24 GB" in message
+    assert "21.7 GB usable at gpuMemoryUtilization 0.9" in message
+    # No NVadsA10 v5 size (the only sizes this stack deploys) holds it: none is suggested.
+    assert "pulumi config set llm-inference:vmSize" not in message
+    assert run.resources == []
+
+
+def test_a_bigger_size_it_suggests_is_one_the_stack_deploys():
+    err, run = refused({"maxModelLen": 131072})
+    assert err.key == "llm-inference:maxModelLen"
+    assert "lower llm-inference:maxModelLen to 112,560 or less" in str(err)
+    # Not an A100 size the catalog knows but the VM component refuses.
+    assert "`pulumi config set llm-inference:vmSize Standard_NV72ads_A10_v5`" in str(err)
+    assert run.resources == []
+
+
+def test_the_fit_check_reads_vllm_quantization():
+    # A 16-bit 8B leaves the KV cache room for ~33k tokens; vLLM's on-load fp8 halves the weights.
+    err, run = refused({"modelId": FP16_8B, "maxModelLen": 65536})
+    assert err.key == "llm-inference:maxModelLen" and "llama-3.1-8b fp16" in str(err)
+    assert run.resources == []
+    fits = azure({"modelId": FP16_8B, "maxModelLen": 65536, "vllmQuantization": "fp8"})
+    assert "--quantization fp8" in written_files(fits)["/usr/local/sbin/llminfer-run-vllm"]
+
+
+def test_fit_check_model_sizes_a_custom_id_and_off_skips_the_check():
+    assert azure({"modelId": "my-org/my-custom-model"}).outputs["modelId"] == "my-org/my-custom-model"
+    err, run = refused({"modelId": "my-org/my-custom-model", "fitCheckModel": "llama-3.1-70b"})
+    assert err.key == "llm-inference:modelId" and "141.1 GB of weights" in str(err)
+    assert run.resources == []
+    assert azure({"modelId": FP16_70B, "fitCheckModel": "off"}).outputs["modelId"] == FP16_70B
+
+
+def test_a_bad_fit_check_quantization_is_refused_naming_the_key():
+    err, run = refused({"fitCheckQuantization": "int3"})
+    assert err.key == "llm-inference:fitCheckQuantization"
+    assert "llm-inference:fitCheckQuantization='int3': is not one of: fp16" in str(err)
+    assert run.resources == []

@@ -26,7 +26,7 @@ from bench import catalog
 from components.gke_cluster import gcp_labels
 from components.vllm_kubernetes import TOKENS_PER_SECOND_METRIC, WAITING_REQUESTS_METRIC
 from stacks.config import ConfigError
-from tests.pulumi_harness import ROOT, Secret, StackRun, run_stack
+from tests.pulumi_harness import ROOT, Secret, StackRun, run_program, run_stack, stack_config
 
 # The Kubernetes minors GKE's Stable and Regular channels are assumed to serve (late 2026): the
 # manifests must be valid on both. Bump them with the channels.
@@ -512,3 +512,65 @@ def test_checkov_passes_and_every_suppression_has_a_reason_and_is_needed(gcp, tm
         for key, value in (doc["metadata"].get("annotations") or {}).items():
             if key.startswith("checkov.io/skip"):
                 assert re.fullmatch(r"CKV2?_K8S_\d+=.{20,}", value), f"{doc['kind']} {key}: a suppression needs a reason"
+
+
+# ------------------------------------------------------------------------------- fit check
+
+FP16_70B = "meta-llama/Llama-3.1-70B-Instruct"
+FP16_8B = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def refused(overrides: dict[str, Any]) -> tuple[ConfigError, StackRun]:
+    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
+    from stacks import build
+
+    config, secret_keys = stack_config("gcp", overrides)
+    caught: list[ConfigError] = []
+
+    def program():
+        try:
+            build("gcp")
+        except ConfigError as err:
+            caught.append(err)
+        return {}
+
+    run = run_program(program, stack="gcp", config=config, secret_keys=secret_keys)
+    assert len(caught) == 1, caught
+    return caught[0], run
+
+
+def test_an_fp16_70b_that_cannot_fit_the_l4_is_refused_with_the_numbers_before_anything_exists():
+    err, run = refused({"modelId": FP16_70B})
+    assert err.key == "llm-inference:modelId" and err.value == FP16_70B
+    message = str(err)
+    assert "llama-3.1-70b fp16 needs 141.1 GB of weights" in message
+    assert "g2-standard-8 has 1x L4 24 GB" in message
+    assert "21.7 GB usable at gpuMemoryUtilization 0.9" in message
+    assert "`pulumi config set llm-inference:gkeMachineType g2-standard-96`" in message
+    assert run.resources == []
+
+
+def test_the_fit_check_reads_gke_quantization():
+    err, run = refused({"modelId": FP16_8B, "maxModelLen": 65536})
+    assert err.key == "llm-inference:maxModelLen" and "llama-3.1-8b fp16" in str(err)
+    assert run.resources == []
+    fits = run_stack("gcp", {"modelId": FP16_8B, "maxModelLen": 65536, "gkeQuantization": "fp8"})
+    (container,) = _pod(fits)["containers"]
+    argv = container["args"]
+    assert argv[argv.index("--quantization") + 1] == "fp8" and argv[argv.index("--model") + 1] == FP16_8B
+
+
+def test_fit_check_model_sizes_a_custom_id_and_off_skips_the_check():
+    custom = "my-org/my-custom-model"
+    assert run_stack("gcp", {"modelId": custom}).outputs["modelId"] == custom
+    err, run = refused({"modelId": custom, "fitCheckModel": "llama-3.1-70b"})
+    assert err.key == "llm-inference:modelId" and "141.1 GB of weights" in str(err)
+    assert run.resources == []
+    assert run_stack("gcp", {"modelId": FP16_70B, "fitCheckModel": "off"}).outputs["modelId"] == FP16_70B
+
+
+def test_a_bad_fit_check_quantization_is_refused_naming_the_key():
+    err, run = refused({"fitCheckQuantization": "int3"})
+    assert err.key == "llm-inference:fitCheckQuantization"
+    assert "llm-inference:fitCheckQuantization='int3': is not one of: fp16" in str(err)
+    assert run.resources == []
