@@ -28,10 +28,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from local._sources import LocalSetupError
-from local.engine import EngineBuild, LlamaServer, ServerOptions, free_port, require_free_port, tail
+from local.engine import EngineBuild, LlamaServer, ServerOptions, free_port, require_free_port, wait_healthy
 from local.model import SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,31 +92,6 @@ def _port(requested: int, what: str) -> int:
         require_free_port("127.0.0.1", requested, what)
         return requested
     return free_port()
-
-
-def wait_until_up(url: str, process: subprocess.Popen, log_path: Path, what: str, timeout_s: float) -> None:
-    """Poll `url` until it answers 200; fail with the process's log tail if it exits or never answers."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise LocalSetupError(
-                    f"{what} exited with code {process.returncode} before answering {url}. "
-                    f"Last lines of {log_path}:\n{tail(log_path)}"
-                )
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            except httpx.TransportError as error:
-                last = type(error).__name__
-            time.sleep(0.1)
-    raise LocalSetupError(
-        f"{what} did not answer {url} within {timeout_s:.0f}s (last: {last}). "
-        f"Last lines of {log_path}:\n{tail(log_path)}"
-    )
 
 
 @contextmanager
@@ -231,7 +204,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
             emulator_log,
         ))
         emulator_url = f"http://127.0.0.1:{emulator_port}"
-        wait_until_up(emulator_url + "/ping", emulator, emulator_log, "the SageMaker-runtime emulator", 30)
+        wait_healthy(emulator_url + "/ping", emulator, emulator_log, "the SageMaker-runtime emulator", 30)
         say(f"SageMaker runtime emulator  {emulator_url}  (endpoint {ENDPOINT_NAME})")
 
         # The gateway's stdout is its EMF metric lines, as CloudWatch Logs would receive them.
@@ -243,7 +216,7 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
             env=gateway_environment(emulator_url, api_key),
         ))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
-        wait_until_up(gateway_url + "/health", gateway, gateway_log, "the gateway", 30)
+        wait_healthy(gateway_url + "/health", gateway, gateway_log, "the gateway", 30)
         say(f"gateway  {gateway_url}/v1  (API key required)")
 
         direct, through = out / LABELS[0], out / LABELS[1]

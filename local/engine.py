@@ -294,6 +294,31 @@ def require_free_port(host: str, port: int, what: str) -> None:
         )
 
 
+def wait_healthy(url: str, process: subprocess.Popen, log_path: Path, what: str, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail with the log tail if the process exits or never gets there."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LocalSetupError(
+                    f"{what} exited with code {process.returncode} before becoming healthy. "
+                    f"Last lines of {log_path}:\n{tail(log_path)}"
+                )
+            try:
+                response = client.get(url)
+                if response.status_code == 200:
+                    return
+                last = f"HTTP {response.status_code}"
+            except httpx.TransportError as error:
+                last = type(error).__name__
+            time.sleep(0.1)
+    raise LocalSetupError(
+        f"{what} did not become healthy at {url} within {timeout_s:.0f}s (last: {last}). "
+        f"Last lines of {log_path}:\n{tail(log_path)}"
+    )
+
+
 class LlamaServer:
     """A running llama-server process; use `with LlamaServer.start(...) as server:` to stop it reliably."""
 
@@ -336,28 +361,7 @@ class LlamaServer:
         return server
 
     def wait_healthy(self, timeout_s: float) -> None:
-        """Poll /health until the model is loaded; fail with the log tail if it exits or never gets there."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise LocalSetupError(
-                        f"llama-server exited with code {self.process.returncode} before becoming healthy. "
-                        f"Last lines of {self.log_path}:\n{tail(self.log_path)}"
-                    )
-                try:
-                    response = client.get(self.base_url + "/health")
-                    if response.status_code == 200:
-                        return
-                    last = f"HTTP {response.status_code}"
-                except httpx.TransportError as error:
-                    last = type(error).__name__
-                time.sleep(0.2)
-        raise LocalSetupError(
-            f"llama-server did not become healthy at {self.base_url}/health within {timeout_s:.0f}s "
-            f"(last: {last}). Last lines of {self.log_path}:\n{tail(self.log_path)}"
-        )
+        wait_healthy(self.base_url + "/health", self.process, self.log_path, "llama-server", timeout_s)
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.process.poll() is not None:
