@@ -94,6 +94,9 @@ def _policy_problems(document: Any, where: str) -> Iterator[str]:
         for action in actions:
             if action == "*" or action.endswith(":*"):
                 yield f"{label} allows action {action!r}; list the actions the workload calls"
+            elif "*" in action or "?" in action:
+                # s3:Get* today is also every Get* action AWS adds tomorrow.
+                yield f"{label} allows action pattern {action!r}; list the actions the workload calls"
         resources = [str(r) for r in as_list(statement.get("Resource"))]
         if any(_is_everything_arn(r) for r in resources):
             needing_other = [a for a in actions if a.lower() not in RESOURCE_WILDCARD_REQUIRED]

@@ -27,7 +27,7 @@ def test_named_actions_on_named_resources_pass():
     assert messages("aws:iam/rolePolicy:RolePolicy", {"policy": policy}) == []
 
 
-@pytest.mark.parametrize("action", ["*", "sagemaker:*"])
+@pytest.mark.parametrize("action", ["*", "sagemaker:*", "s3:Get*", "sagemaker:InvokeEndpoint*", "ecr:Batch?etImage"])
 def test_wildcard_action_fails(action):
     policy = doc({"Effect": "Allow", "Action": action, "Resource": ENDPOINT_ARN})
     found = messages("aws:iam/rolePolicy:RolePolicy", {"policy": policy})
