@@ -126,6 +126,8 @@ def compare_charts(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
         ax.set_xlabel(" / ".join(sorted(xlabels)))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+        ax.set_ylim(bottom=0)
+    axes[1][1].set_ylim(0, 1.05)  # a fraction: a flat 100% must not look like a zoomed-in wobble
     fig.tight_layout()
     path = out / "compare_load.png"
     fig.savefig(path, dpi=110)
