@@ -35,6 +35,7 @@ from time import perf_counter_ns
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 FAULTS = (
     "http_401",
@@ -156,7 +157,9 @@ def build_app(cfg: MockConfig) -> web.Application:
             state.in_flight -= 1
 
     async def _chat(request: web.Request) -> web.StreamResponse:
-        t_recv = perf_counter_ns()
+        # The request's arrival as the socket read saw it (see _ArrivalStamping): the server's own
+        # event-loop lag before this handler runs is part of the TTFT it reports, as on a real server.
+        t_recv = getattr(request.protocol, "arrival_ns", 0) or perf_counter_ns()
         body = await request.read()
         if body in state.dropped:
             # A client sending a dropped request again (a keep-alive retry) is dropped again: this
@@ -297,6 +300,38 @@ async def _stream(request, cfg: MockConfig, fault, t_recv, ttft_ns, gaps_ns, chu
     return resp
 
 
+class _StampingHandler(RequestHandler):
+    """aiohttp's server protocol, with the time of the connection's last socket read.
+
+    aiohttp runs a handler only after it parsed the request, when the loop gets to it; the stamp taken
+    in `data_received` is when the request reached this server, the start of the TTFT it reports.
+    """
+
+    __slots__ = ("arrival_ns",)
+
+    def data_received(self, data: bytes) -> None:
+        self.arrival_ns = perf_counter_ns()
+        super().data_received(data)
+
+
+class _ArrivalStamping:
+    """The web server's protocol factory, making `_StampingHandler`s (what `web.Server()` does)."""
+
+    def __init__(self, server: web.Server):
+        self._server = server
+
+    def __call__(self) -> _StampingHandler:
+        return _StampingHandler(self._server, loop=self._server._loop, **self._server._kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._server, name)
+
+
+async def _setup(runner: web.AppRunner) -> None:
+    await runner.setup()
+    runner._server = _ArrivalStamping(runner._server)
+
+
 class MockServer:
     """Run the mock in a background thread: `with MockServer(MockConfig()) as url: ...` (url ends in /v1)."""
 
@@ -343,7 +378,7 @@ class MockServer:
         self._runner = web.AppRunner(
             self.app, access_log=None, handler_cancellation=True, keepalive_timeout=self.cfg.keepalive_s
         )
-        await self._runner.setup()
+        await _setup(self._runner)
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
@@ -384,7 +419,7 @@ def _serve_forever(cfg: MockConfig, host: str, port: int, reuse_port: bool, loop
     async def serve() -> None:
         runner = web.AppRunner(build_app(cfg), access_log=None, handler_cancellation=True,
                                keepalive_timeout=cfg.keepalive_s)
-        await runner.setup()
+        await _setup(runner)
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
         while True:
             await asyncio.sleep(3600)

@@ -349,7 +349,9 @@ def memory_run(args, work: Path) -> dict[str, Any]:
     lines = sum(1 for _ in open(run_dir / "requests.jsonl", "rb"))
     total_bytes = (run_dir / "requests.jsonl").stat().st_size or 1
     # The level's window: from the first record written to the last sample in which more arrived.
-    samples = [s for s in run["samples"] if s["jsonl_bytes"] > 0]
+    # Only samples taken while the workers were alive: after the last level they exit, and a tree that
+    # lost its workers says nothing about growth.
+    samples = [s for s in run["samples"] if s["jsonl_bytes"] > 0 and s.get("worker_rss_kb", 0) > 0]
     while len(samples) > 2 and samples[-1]["jsonl_bytes"] == samples[-2]["jsonl_bytes"]:
         samples.pop()
     if len(samples) < 3:

@@ -198,3 +198,13 @@ def test_a_pooled_connection_closed_under_the_client_is_sent_again_once():
 def test_a_server_that_drops_every_request_is_counted_after_one_retry(mock_server):
     rec = measure(send(mock_server(faults={"disconnect": 1.0}).url))
     assert rec["error"] == "disconnected" and rec["retried"] is True
+
+
+def test_the_mock_times_its_ttft_from_the_socket_read(mock_server):
+    from bench.mock_server import _ArrivalStamping, _StampingHandler
+
+    server = mock_server(ttft_ms=20)
+    assert isinstance(server._runner.server, _ArrivalStamping)
+    assert isinstance(server._runner.server(), _StampingHandler)  # aiohttp still builds handlers this way
+    rec = measure(send(server.url))
+    assert 20 <= rec["server_ttft_ms"] <= rec["ttft_ms"] + 1
