@@ -6,7 +6,9 @@ chunk j is due at TTFT + j * ITL after the request arrived (an absolute schedule
 up), each carrying `--tokens-per-chunk` tokens; then the usage chunk (when asked for), the gateway's
 `: metrics {...}` comment and `data: [DONE]`. asyncio timers fire up to ~1 ms late, so the server also
 *measures* when it wrote each chunk and reports that truth in the metrics comment (`ttft_ms`,
-`mock_itl_ms`): clients are judged against what was sent, not what was planned.
+`mock_itl_ms`): clients are judged against what was sent, not what was planned. "The request arrived"
+is the socket read that brought it (not when aiohttp got round to the handler), so the server's truth
+and the bench's measurement are both taken at the sockets.
 
 Faults (`--fault KIND:FRACTION`, chosen deterministically: exactly that fraction of requests, evenly
 spread; or per request with the header `X-Mock-Fault: KIND`):
