@@ -361,3 +361,23 @@ def run_stack(stack: str, overrides: Mapping[str, Any] | None = None, **kwargs: 
 
     config, secret_keys = stack_config(stack, overrides)
     return run_program(lambda: build(stack), stack=stack, config=config, secret_keys=secret_keys, **kwargs)
+
+
+def refused_stack(stack: str, overrides: Mapping[str, Any] | None = None):
+    """Run `stack` expecting exactly one ConfigError; hand back the error and what was registered."""
+    from stacks import build
+    from stacks.config import ConfigError
+
+    config, secret_keys = stack_config(stack, overrides)
+    caught: list[ConfigError] = []
+
+    def program():
+        try:
+            build(stack)
+        except ConfigError as err:
+            caught.append(err)
+        return {}
+
+    run = run_program(program, stack=stack, config=config, secret_keys=secret_keys)
+    assert len(caught) == 1, caught
+    return caught[0], run

@@ -23,8 +23,13 @@ import pytest
 
 from policy import WAIVERS, Node, Violation, Waiver, check_graph
 from policy._access import APP_KEY_CHECK_VARIABLE
-from stacks.config import ConfigError
-from tests.pulumi_harness import DUMMY_SECRET, Secret, StackRun, run_program, run_stack, stack_config
+from tests.pulumi_harness import (
+    DUMMY_SECRET,
+    Secret,
+    StackRun,
+    refused_stack,
+    run_stack,
+)
 from tests.ssh_keys import ed25519_public_key
 
 SSH_KEY = ed25519_public_key("admin@example")
@@ -271,18 +276,6 @@ def test_azure_budget_covers_the_resource_group_and_alerts_at_50_80_100_percent_
 )
 def test_a_bad_budget_setting_fails_before_anything_is_created(cloud, overrides, key):
     # `pulumi up` creates resources as they register: the budget's config is checked before the first.
-    from stacks import build
-
-    config, secret_keys = stack_config(cloud, overrides)
-    caught: list[ConfigError] = []
-
-    def program():
-        try:
-            build(cloud)
-        except ConfigError as err:
-            caught.append(err)
-        return {}
-
-    run = run_program(program, stack=cloud, config=config, secret_keys=secret_keys)
-    assert [err.key for err in caught] == [key]
+    err, run = refused_stack(cloud, overrides)
+    assert err.key == key
     assert run.resources == []

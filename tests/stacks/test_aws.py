@@ -8,7 +8,13 @@ import pytest
 
 from stacks.config import ConfigError
 from tests import aws_api
-from tests.pulumi_harness import DUMMY_SECRET, Secret, StackRun, run_program, run_stack, stack_config
+from tests.pulumi_harness import (
+    DUMMY_SECRET,
+    Secret,
+    StackRun,
+    refused_stack,
+    run_stack,
+)
 
 EXPECTED_LMI_ENV = {
     "HF_MODEL_ID": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
@@ -321,22 +327,7 @@ FP16_70B = "meta-llama/Llama-3.1-70B-Instruct"
 
 
 def refused(overrides: dict) -> tuple[ConfigError, StackRun]:
-    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
-    from stacks import build
-
-    config, secret_keys = stack_config("aws", overrides)
-    caught: list[ConfigError] = []
-
-    def program():
-        try:
-            build("aws")
-        except ConfigError as err:
-            caught.append(err)
-        return {}
-
-    run = run_program(program, stack="aws", config=config, secret_keys=secret_keys)
-    assert len(caught) == 1, caught
-    return caught[0], run
+    return refused_stack("aws", overrides)
 
 
 def served_model(run: StackRun) -> str:

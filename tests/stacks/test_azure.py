@@ -14,7 +14,13 @@ import pytest
 import yaml
 
 from stacks.config import ConfigError
-from tests.pulumi_harness import DUMMY_SECRET, Secret, StackRun, run_program, run_stack, stack_config
+from tests.pulumi_harness import (
+    DUMMY_SECRET,
+    Secret,
+    StackRun,
+    refused_stack,
+    run_stack,
+)
 from tests.ssh_keys import ed25519_public_key
 
 SSH_KEY = ed25519_public_key("admin@example")
@@ -391,20 +397,8 @@ def test_bad_config_names_the_key(overrides, key, message):
 
 def test_bad_config_creates_nothing():
     # `pulumi up` creates resources as they register: the error must come before the first one.
-    from stacks import build
-
-    config, secrets = stack_config("azure", {"sshPublicKey": SSH_KEY, "osDiskSizeGb": 10})
-    caught: list[ConfigError] = []
-
-    def program():
-        try:
-            build("azure")
-        except ConfigError as err:
-            caught.append(err)
-        return {}
-
-    run = run_program(program, stack="azure", config=config, secret_keys=secrets)
-    assert [err.key for err in caught] == ["llm-inference:osDiskSizeGb"]
+    err, run = refused({"osDiskSizeGb": 10})
+    assert err.key == "llm-inference:osDiskSizeGb"
     assert run.resources == []
 
 
@@ -415,22 +409,7 @@ FP16_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def refused(overrides: dict[str, Any]) -> tuple[ConfigError, StackRun]:
-    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
-    from stacks import build
-
-    config, secrets = stack_config("azure", {"sshPublicKey": SSH_KEY, **overrides})
-    caught: list[ConfigError] = []
-
-    def program():
-        try:
-            build("azure")
-        except ConfigError as err:
-            caught.append(err)
-        return {}
-
-    run = run_program(program, stack="azure", config=config, secret_keys=secrets)
-    assert len(caught) == 1, caught
-    return caught[0], run
+    return refused_stack("azure", {"sshPublicKey": SSH_KEY, **overrides})
 
 
 def test_an_fp16_70b_that_cannot_fit_the_a10_is_refused_with_the_numbers_before_anything_exists():

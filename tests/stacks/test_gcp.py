@@ -26,7 +26,7 @@ from bench import catalog
 from components.gke_cluster import gcp_labels
 from components.vllm_kubernetes import TOKENS_PER_SECOND_METRIC, WAITING_REQUESTS_METRIC
 from stacks.config import ConfigError
-from tests.pulumi_harness import ROOT, Secret, StackRun, run_program, run_stack, stack_config
+from tests.pulumi_harness import ROOT, Secret, StackRun, refused_stack, run_stack
 
 # The Kubernetes minors GKE's Stable and Regular channels are assumed to serve (late 2026): the
 # manifests must be valid on both. Bump them with the channels.
@@ -521,22 +521,7 @@ FP16_8B = "meta-llama/Llama-3.1-8B-Instruct"
 
 
 def refused(overrides: dict[str, Any]) -> tuple[ConfigError, StackRun]:
-    """Run the stack expecting one ConfigError; hand back the error and what was registered."""
-    from stacks import build
-
-    config, secret_keys = stack_config("gcp", overrides)
-    caught: list[ConfigError] = []
-
-    def program():
-        try:
-            build("gcp")
-        except ConfigError as err:
-            caught.append(err)
-        return {}
-
-    run = run_program(program, stack="gcp", config=config, secret_keys=secret_keys)
-    assert len(caught) == 1, caught
-    return caught[0], run
+    return refused_stack("gcp", overrides)
 
 
 def test_an_fp16_70b_that_cannot_fit_the_l4_is_refused_with_the_numbers_before_anything_exists():
