@@ -109,6 +109,14 @@ class StampingConnector(aiohttp.TCPConnector):
         self._factory = functools.partial(_StampingProtocol, loop=self._loop)
 
 
+def closed_under_us(exc: BaseException) -> bool:
+    """The connection failed before any reply in the way a reused keep-alive connection does when the
+    server closed it at that instant (not a refused connection): sending once more is safe."""
+    return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
+        exc, aiohttp.ClientConnectorError
+    )
+
+
 def classify_status(status: int) -> str:
     if status in (401, 403, 404, 408, 413, 429):
         return f"http_{status}"
@@ -215,13 +223,13 @@ class Backend:
                 else:
                     try:
                         await self._send_aiohttp(body, headers, reply)
-                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    except aiohttp.ClientError as exc:
                         # Closed before any reply (or before the body could be written): the race of
                         # reusing a keep-alive connection the server was closing. Like urllib3, send
                         # once more on a new connection; the clock keeps running from the first try.
                         # A server that really drops requests fails the second try too, and that is
-                        # counted. A refused connection is no such race.
-                        if isinstance(exc, aiohttp.ClientConnectorError) or reply.status or reply.retried:
+                        # counted.
+                        if not closed_under_us(exc) or reply.status or reply.retried:
                             raise
                         reply.retried = True
                         await self._send_aiohttp(body, headers, reply)

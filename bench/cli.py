@@ -285,7 +285,7 @@ def urlparse_host(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _interruptible():
+def interruptible():
     """Ctrl-C (SIGINT) and SIGTERM stop the run and keep its partial results.
 
     A process started in the background by a non-interactive shell (nohup, CI, `cmd &`) inherits SIGINT
@@ -325,7 +325,7 @@ def run_bench(argv: list[str]) -> int:
 
     display = Display(enabled=cfg.progress)
     display.banner(cfg)
-    with _interruptible():
+    with interruptible():
         result = run_benchmark(cfg, display)
     display.close()
     write_outputs(result.summary, cfg.out_dir, charts=not args.no_charts)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -413,10 +412,6 @@ def _parse_faults(specs: list[str]) -> dict:
     return faults
 
 
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _serve_forever(cfg: MockConfig, host: str, port: int, reuse_port: bool, loop: str) -> None:
     async def serve() -> None:
         runner = web.AppRunner(build_app(cfg), access_log=None, handler_cancellation=True,
@@ -503,11 +498,13 @@ def main(argv: list[str]) -> int:
     ]
     for proc in procs:
         proc.start()
+    from bench.cli import interruptible
+
     # SIGTERM (kill, a supervisor) stops the servers as Ctrl-C does, rather than orphaning them on the port.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        while all(proc.is_alive() for proc in procs):
-            time.sleep(0.5)
+        with interruptible():
+            while all(proc.is_alive() for proc in procs):
+                time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     for proc in procs:

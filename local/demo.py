@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -221,15 +220,26 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
 
         direct, through = out / LABELS[0], out / LABELS[1]
         say("\n[1/2] bench -> llama-server")
-        codes.append(bench.run(bench_argv(engine.openai_url, options, direct)))
+        codes.append(_bench(bench_argv(engine.openai_url, options, direct)))
         say("\n[2/2] bench -> gateway -> boto3 -> emulator -> llama-server")
-        codes.append(bench.run(bench_argv(gateway_url + "/v1", options, through, api_key)))
+        codes.append(_bench(bench_argv(gateway_url + "/v1", options, through, api_key)))
         metric_lines = count_emf_lines(gateway_log)
 
     comparison = out / "comparison"
     codes.append(bench.run(["compare", str(direct), str(through), "--labels", ",".join(LABELS),
                             "--out", str(comparison)]))
     return DemoResult(direct, through, comparison, max(codes), metric_lines)
+
+
+def _bench(argv: list[str]) -> int:
+    """One bench run; an interrupted one (Ctrl-C, SIGTERM: it kept its partial results) stops the demo."""
+    import bench
+    from bench.runner import EXIT_INTERRUPTED
+
+    code = bench.run(argv)
+    if code == EXIT_INTERRUPTED:
+        raise KeyboardInterrupt
+    return code
 
 
 def count_emf_lines(log_path: Path) -> int:
@@ -289,10 +299,6 @@ def print_overhead(rows: list[dict], console) -> None:
     console.print(table)
 
 
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m local.demo",
@@ -318,11 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    # SIGTERM (CI, a supervisor) takes the same clean-up path as Ctrl-C; SIGINT is set explicitly because
-    # a process started in the background by a non-interactive shell inherits it ignored.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    from bench.cli import interruptible
+
     started = time.monotonic()
+    # SIGTERM (CI, a supervisor) and Ctrl-C, even when started in the background, take the clean-up path.
     try:
         options = DemoOptions(
             out=args.out, size=args.size, seed=args.seed, concurrency=args.concurrency, requests=args.requests,
@@ -330,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, native=args.native, engine_port=args.engine_port, emulator_port=args.emulator_port,
             gateway_port=args.gateway_port, progress=not args.no_progress,
         )
-        result = run_demo(options, say=console.print, console=console)
+        with interruptible():
+            result = run_demo(options, say=console.print, console=console)
     except LocalSetupError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1

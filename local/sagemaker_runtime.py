@@ -32,16 +32,9 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from aiohttp import (
-    ClientConnectorError,
-    ClientError,
-    ClientOSError,
-    ClientSession,
-    ClientTimeout,
-    ServerDisconnectedError,
-    TCPConnector,
-    web,
-)
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+
+from bench.backend import KEEPALIVE_S, closed_under_us
 
 ACCOUNT_ID = "123456789012"
 EVENT_STREAM_CONTENT_TYPE = "application/vnd.amazon.eventstream"
@@ -342,11 +335,6 @@ def fold_chunks(chunks: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-# Idle pooled connections to the model server are dropped before its own idle timeout (5 s for both
-# llama.cpp's cpp-httplib and uvicorn, which vLLM runs on).
-KEEPALIVE_S = 4.0
-
-
 class Forward:
     """Relays each call to an OpenAI-compatible server at `base_url` (ending in /v1)."""
 
@@ -372,10 +360,10 @@ class Forward:
         try:
             try:
                 response = await self._send(body)
-            except (ServerDisconnectedError, ClientOSError) as err:
+            except ClientError as err:
                 # A pooled keep-alive connection the model server was closing (llama.cpp and uvicorn
                 # close idle ones after 5 s): send once more on a new connection. Refusals are real.
-                if isinstance(err, ClientConnectorError):
+                if not closed_under_us(err):
                     raise
                 response = await self._send(body)
         except (ClientError, OSError) as err:

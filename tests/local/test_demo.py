@@ -124,3 +124,11 @@ def test_demo_end_to_end_through_the_gateway(tmp_path):
     # Everything the demo started is stopped: its ports are free again.
     for port in ports.values():
         assert not port_in_use("127.0.0.1", port)
+
+
+def test_an_interrupted_bench_stops_the_demo(monkeypatch):
+    monkeypatch.setattr("bench.run", lambda argv: 130)
+    with pytest.raises(KeyboardInterrupt):
+        demo._bench(["http://127.0.0.1:9/v1"])
+    monkeypatch.setattr("bench.run", lambda argv: 1)
+    assert demo._bench(["http://127.0.0.1:9/v1"]) == 1
