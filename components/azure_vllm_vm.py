@@ -8,7 +8,8 @@ of that size running the vLLM container. The component owns everything on the VM
   assignment, "Key Vault Secrets User" on that vault for that identity: nobody else gets data-plane access;
 - the NIC (accelerated networking), the VM (Ubuntu LTS Gen2, key-only SSH, boot diagnostics, an OS
   disk sized for the image and the model cache), the NvidiaGpuDriverLinux extension (GRID driver);
-- cloud-init (`components.azure_cloud_init`) that runs vLLM under systemd; no secret in custom data;
+- cloud-init (`components.azure_cloud_init`) that runs vLLM (on 127.0.0.1) and the front before it
+  (`components.vllm_front`: only `/v1/*` and `/health` pass) under systemd; no secret in custom data;
 - optionally a DevTest Labs auto-shutdown schedule, for dev stacks.
 """
 
@@ -26,7 +27,7 @@ import pulumi_random as random
 from pulumi_azure_native import authorization, compute, devtestlab, keyvault, managedidentity, network
 
 from components._args import InvalidArgs, require, require_between, require_positive, require_text
-from components.azure_cloud_init import VllmHost, cloud_config, encode_custom_data
+from components.azure_cloud_init import VLLM_LOCAL_PORT, VllmHost, cloud_config, encode_custom_data
 from components.azure_network import azure_name
 
 _COMPONENT = "AzureVllmVm"
@@ -59,6 +60,9 @@ GPU_DRIVER_EXTENSION = {
     "type": "NvidiaGpuDriverLinux",
     "type_handler_version": "1.6",
 }
+# Every VM input Azure cannot change in place, by its azure-native input path.
+REPLACE_ON_CHANGES = ["osProfile.customData", "securityProfile.securityType"]
+SECURITY_TYPE = "Standard"  # no Trusted Launch, so no Secure Boot to refuse the GRID kernel module
 # Built-in role "Key Vault Secrets User": read secret contents, nothing else.
 KEY_VAULT_SECRETS_USER_ROLE = "4633458b-17de-408a-b874-0445c86b69e6"
 API_KEY_SECRET = "vllm-api-key"  # pragma: allowlist secret (Key Vault secret name)
@@ -219,6 +223,12 @@ class AzureVllmVmArgs:
             "api_port",
             isinstance(self.api_port, int) and 1024 <= self.api_port <= 65535,
             f"must be an unprivileged TCP port (1024-65535), got {self.api_port!r}",
+        )
+        require(
+            c,
+            "api_port",
+            self.api_port != VLLM_LOCAL_PORT,
+            f"{VLLM_LOCAL_PORT} is where vLLM itself listens on the VM's loopback, behind the front; pick another",
         )
         if isinstance(self.tls_domain, str):
             require(
@@ -414,12 +424,20 @@ class AzureVllmVm(pulumi.ComponentResource):
             diagnostics_profile=compute.DiagnosticsProfileArgs(
                 boot_diagnostics=compute.BootDiagnosticsArgs(enabled=True)
             ),
+            # Explicit, not the subscription's default: where Gen2 VMs default to Trusted Launch, Secure
+            # Boot refuses the GRID driver's unsigned kernel module. "Standard" is the ARM value for no
+            # Trusted Launch (azure-mgmt-compute SecurityTypes: STANDARD, TRUSTED_LAUNCH, CONFIDENTIAL_VM).
+            security_profile=compute.SecurityProfileArgs(security_type=SECURITY_TYPE),
             opts=pulumi.ResourceOptions(
                 parent=self,
                 # The secrets and the identity's access exist before cloud-init first asks for them.
                 depends_on=[vault_reader, *secrets],
-                # Custom data is immutable, so engine changes replace the VM; a second GPU VM at the
-                # same time would usually exceed the region's A10 quota.
+                # Azure refuses a custom-data change in place (409 PropertyChangeNotAllowed) and
+                # azure-native would send one (pulumi-azure-native#577: its schema does not mark
+                # customData as force-new), so a change of model, engine settings, image, tls or log
+                # retention replaces the VM. Delete first: a second GPU VM at the same time would
+                # usually exceed the region's A10 quota.
+                replace_on_changes=REPLACE_ON_CHANGES,
                 delete_before_replace=True,
             ),
             **placed,

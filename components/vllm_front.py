@@ -84,7 +84,8 @@ def caddyfile(
             options.append(f"\temail {tls_email}")
     else:
         options.append("\tauto_https off")
-    site = f"{tls_domain}:{port}" if tls_domain else f"http://:{port}"
+    # A bare domain on 443 is Caddy's automatic HTTPS site (ACME HTTP-01 and the redirect on :80).
+    site = (tls_domain if port == 443 else f"{tls_domain}:{port}") if tls_domain else f"http://:{port}"
     blocks = ["{\n" + "\n".join(options) + "\n}", _api_site(site, bind, upstream)]
     if metrics is not None:
         blocks.append(_metrics_site(f"http://:{metrics[1]}", metrics[0], upstream))

@@ -5,11 +5,20 @@ Everything Kubernetes here goes through the `kubernetes` provider the caller pas
 - a namespace (Pod Security `restricted` when the pod is hardened), the API key and optional HF
   token as Secrets, a ServiceAccount without a token;
 - the vLLM Deployment: `vllm/vllm-openai`, one pod per GPU node (`nvidia.com/gpu`), `/dev/shm` in
-  memory, startup/readiness/liveness probes on `/health`, non-root with a read-only root filesystem
-  (caches on emptyDirs) unless `hardened=False`, `--api-key` from the Secret;
-- a LoadBalancer Service on a reserved regional IP, open only to `service_source_ranges`; a
-  PodDisruptionBudget; a NetworkPolicy that admits only the serving port;
-- a `PodMonitoring` so Managed Service for Prometheus scrapes vLLM's `/metrics`;
+  memory, non-root with a read-only root filesystem (caches on emptyDirs) unless `hardened=False`,
+  `--api-key` from the Secret. vLLM listens on 127.0.0.1 only: its `--api-key` guards `/v1/*` alone
+  (vLLM api_server's `authentication` middleware skips every other path), so `/invocations`,
+  `/tokenize`, `/pooling`, ... would be open. A Caddy sidecar, the front (`components.vllm_front`), is
+  what the Service targets: it passes only `/v1/*` and `/health`, and serves `/metrics` on a port of its
+  own that the NetworkPolicy admits only from the Managed Prometheus collectors;
+- probes: kubelet probes come from the node to the pod IP, where vLLM does not listen, so vLLM's own
+  startup/readiness/liveness probes are exec probes on 127.0.0.1:8000/health inside its container; the
+  front's readiness goes through its health path (so the pod is Ready only when vLLM is), its liveness
+  is a TCP check of its own port;
+- a LoadBalancer Service on a reserved regional IP, open only to `service_source_ranges` (required), with
+  a Pulumi await timeout that covers a GPU node scaled from zero; a PodDisruptionBudget; a NetworkPolicy
+  that admits only the front's ports;
+- a `PodMonitoring` so Managed Service for Prometheus scrapes vLLM's `/metrics` through the front;
 - the Custom Metrics Stackdriver Adapter (its own namespace, RBAC, APIServices, and a Workload
   Identity principal with `roles/monitoring.viewer`), which serves those Prometheus series to the HPA;
 - an `autoscaling/v2` HPA on per-pod generation tokens/s and waiting requests: both fall as replicas
@@ -18,6 +27,7 @@ Everything Kubernetes here goes through the `kubernetes` provider the caller pas
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -47,10 +57,18 @@ from components._args import (
     require_text,
 )
 from components.gke_cluster import gcp_labels
+from components.vllm_front import CADDY_IMAGE, HEALTH_PATH, METRICS_PATH, caddyfile
 
 COMPONENT = "VllmKubernetes"
-HTTP_PORT = 8000
+HTTP_PORT = 8000  # vLLM, on the pod's loopback only
+FRONT_PORT = 8080  # the front: what the Service targets (unprivileged: the front runs as non-root)
+METRICS_PORT = 9090  # the front's /metrics listener, admitted only from the Managed Prometheus collectors
 SERVICE_PORT = 80
+FRONT_CONFIG_DIR = "/etc/caddy"
+# The Managed Prometheus collectors (GoogleCloudPlatform/prometheus-engine manifests/operator.yaml: the
+# `collector` DaemonSet in gmp-system, pods labelled app.kubernetes.io/name=collector, no host network).
+GMP_NAMESPACE = "gmp-system"
+GMP_COLLECTOR_LABELS = {"app.kubernetes.io/name": "collector"}
 # The vLLM image has no user of its own: any uid works once HOME and the caches point at volumes.
 RUN_AS_USER = 10001
 CACHE_DIR = "/cache"
@@ -61,7 +79,10 @@ HF_TOKEN_DIR = "/var/run/secrets/huggingface"
 TOKENS_PER_SECOND_METRIC = "prometheus.googleapis.com|vllm:generation_tokens_total|counter"
 WAITING_REQUESTS_METRIC = "prometheus.googleapis.com|vllm:num_requests_waiting|gauge"
 
-ADAPTER_IMAGE = "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.15.1-gke.0"
+# The current release in GoogleCloudPlatform/k8s-stackdriver deploy/production/adapter_new_resource_model.yaml
+# (commit af49d863, Aug 2026: "update custom-metrics-stackdriver-adapter image to v0.16.9-gke.0").
+ADAPTER_IMAGE = "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.16.9-gke.0"
+FRONT_CONFIG_MAP = "vllm-front"
 ADAPTER_NAMESPACE = "custom-metrics"
 ADAPTER_NAME = "custom-metrics-stackdriver-adapter"
 # Above 1024 so the adapter binds it without root or NET_BIND_SERVICE; the Service still offers 443.
@@ -135,7 +156,8 @@ class VllmKubernetesArgs:
     shm_size_gib: int = 2
     startup_timeout_seconds: int = 1800
     hf_token: pulumi.Input[str] | None = None
-    service_source_ranges: tuple[str, ...] = ("0.0.0.0/0",)
+    # Required: who may reach the load balancer (0.0.0.0/0 is allowed, but must be said).
+    service_source_ranges: tuple[str, ...] = ()
     min_replicas: int = 1
     max_replicas: int = 4
     # Per-pod HPA targets; 0 leaves that metric out.
@@ -146,11 +168,12 @@ class VllmKubernetesArgs:
     hardened: bool = True
     namespace: str = "llm-inference"
     adapter_image: str = ADAPTER_IMAGE
+    front_image: str = CADDY_IMAGE
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         c = COMPONENT
-        for name in ("project", "region", "model_id", "adapter_image"):
+        for name in ("project", "region", "model_id", "adapter_image", "front_image"):
             require_text(c, name, getattr(self, name))
         require(c, "project_number", isinstance(self.project_number, str) and self.project_number.isdigit(),
                 f"must be the project's number (digits), got {self.project_number!r}")
@@ -424,17 +447,21 @@ class VllmKubernetes(pulumi.ComponentResource):
             opts=in_namespace,
         )
 
+        front_config = core.v1.ConfigMap(
+            f"{name}-front-config",
+            metadata={"name": FRONT_CONFIG_MAP, "namespace": ns, "labels": labels},
+            data={"Caddyfile": front_caddyfile()},
+            opts=in_namespace,
+        )
+        # A new GPU node (from zero in a regional or multi-zone pool), the ~10 GB image pull and the model
+        # download all precede readiness; the Service waits for the same ready endpoints.
+        ready_timeouts = pulumi.CustomTimeouts(create=ready_timeout(args), update=ready_timeout(args))
         deployment = apps.v1.Deployment(
             f"{name}-deployment",
             metadata={"name": self.deployment_name, "namespace": ns, "labels": labels, "annotations": skip_annotations(_vllm_skips(args))},
             spec=_deployment_spec(args, labels, selector),
             opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=[account, *secrets],
-                # A new GPU node, the ~10 GB image pull and the model download all precede readiness.
-                custom_timeouts=pulumi.CustomTimeouts(
-                    create=f"{args.startup_timeout_seconds // 60 + 20}m", update=f"{args.startup_timeout_seconds // 60 + 20}m"
-                ),
+                parent=self, depends_on=[account, front_config, *secrets], custom_timeouts=ready_timeouts
             ),
         )
 
@@ -458,9 +485,13 @@ class VllmKubernetes(pulumi.ComponentResource):
                 # Local: no second hop between nodes, and the client IP reaches the pod and the firewall.
                 "externalTrafficPolicy": "Local",
                 "selector": selector,
+                # The front's port: vLLM itself listens on the pod's loopback only.
                 "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}],
             },
-            opts=in_namespace,
+            # pulumi-kubernetes waits for the load balancer's IP and ready endpoints, 10 minutes by default
+            # ("If the Service has not reached a Ready state after 10 minutes, it will time out ... override
+            # the default timeout value by setting the 'customTimeouts' option", core/v1 Service docs).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[namespace], custom_timeouts=ready_timeouts),
         )
         policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
@@ -479,9 +510,20 @@ class VllmKubernetes(pulumi.ComponentResource):
             spec={
                 "podSelector": {"matchLabels": selector},
                 "policyTypes": ["Ingress"],
-                # Clients are filtered by the load balancer's source ranges; the Prometheus collectors
-                # scrape the same port. Nothing else may be reached in the pod.
-                "ingress": [{"ports": [{"port": HTTP_PORT, "protocol": "TCP"}]}],
+                # Clients reach the front, filtered by the load balancer's source ranges; only the Managed
+                # Prometheus collectors reach the metrics port. vLLM's own port is on loopback anyway.
+                "ingress": [
+                    {"ports": [{"port": FRONT_PORT, "protocol": "TCP"}]},
+                    {
+                        "from": [
+                            {
+                                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": GMP_NAMESPACE}},
+                                "podSelector": {"matchLabels": dict(GMP_COLLECTOR_LABELS)},
+                            }
+                        ],
+                        "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+                    },
+                ],
             },
             opts=in_namespace,
         )
@@ -494,8 +536,9 @@ class VllmKubernetes(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector},
                 "endpoints": [
                     {
-                        "port": "http",
-                        "path": "/metrics",
+                        # vLLM's /metrics, through the front's metrics listener (vLLM is on loopback).
+                        "port": "metrics",
+                        "path": METRICS_PATH,
                         "interval": "15s",
                         "timeout": "10s",
                         # Managed Prometheus bills per sample: keep vLLM's series, drop the Python runtime's.
@@ -553,10 +596,13 @@ def _vllm_skips(args: VllmKubernetesArgs) -> dict[str, str]:
 
 
 def vllm_arguments(args: VllmKubernetesArgs) -> list[str]:
-    """The OpenAI server's command line; the key comes from the env var the Secret fills."""
+    """The OpenAI server's command line; the key comes from the env var the Secret fills.
+
+    `--host 127.0.0.1`: only the front, in the same pod, reaches vLLM.
+    """
     argv = [
         "--model", args.model_id,
-        "--host", "0.0.0.0",
+        "--host", "127.0.0.1",
         "--port", str(HTTP_PORT),
         "--max-model-len", str(args.max_model_len),
         "--max-num-seqs", str(args.max_num_seqs),
@@ -570,8 +616,24 @@ def vllm_arguments(args: VllmKubernetesArgs) -> list[str]:
     return argv + list(args.extra_args)
 
 
-def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], selector: Mapping[str, str]) -> dict[str, Any]:
-    health = {"httpGet": {"path": "/health", "port": "http"}}
+def ready_timeout(args: VllmKubernetesArgs) -> str:
+    """How long Pulumi waits for the Deployment and the Service to be ready (startup budget + 20 minutes)."""
+    return f"{args.startup_timeout_seconds // 60 + 20}m"
+
+
+def front_caddyfile() -> str:
+    """The front's Caddyfile: the API on FRONT_PORT, /metrics on METRICS_PORT, vLLM on the pod's loopback."""
+    return caddyfile(f":{FRONT_PORT}", f"127.0.0.1:{HTTP_PORT}", metrics_listen=f":{METRICS_PORT}")
+
+
+def _engine_probe_command() -> list[str]:
+    # The image has python3 for sure; a non-200 (urllib raises on >= 400) or no answer fails the probe.
+    url = f"http://127.0.0.1:{HTTP_PORT}{HEALTH_PATH}"
+    return ["python3", "-c", f"import urllib.request as u; u.urlopen({url!r}, timeout=4).close()"]
+
+
+def vllm_env(args: VllmKubernetesArgs) -> list[dict[str, Any]]:
+    """The vLLM container's env: the key from the Secret, caches on the cache volume, no telemetry."""
     env: list[dict[str, Any]] = [
         {"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "vllm-api-key", "key": "api-key"}}},
         # Every cache (HF hub, vLLM, torch.compile, Triton) lands on the cache volume, writable as any uid.
@@ -583,22 +645,23 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
+    if args.hf_token is not None:
+        # As a file, not an env var: huggingface_hub reads HF_TOKEN_PATH.
+        env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/token"})
+    return env
+
+
+def vllm_container(args: VllmKubernetesArgs) -> dict[str, Any]:
+    """The vLLM container: image, command, args (`vllm_arguments`), env (`vllm_env`), probes, resources."""
     mounts = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "cache", "mountPath": CACHE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    volumes: list[dict[str, Any]] = [
-        # NCCL and PyTorch's shared-memory IPC need more than the runtime's 64 MB /dev/shm.
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{args.shm_size_gib}Gi"}},
-        {"name": "cache", "emptyDir": {"sizeLimit": "64Gi"}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
-    ]
     if args.hf_token is not None:
-        # As a file, not an env var: huggingface_hub reads HF_TOKEN_PATH.
-        env.append({"name": "HF_TOKEN_PATH", "value": f"{HF_TOKEN_DIR}/token"})
         mounts.append({"name": "hf-token", "mountPath": HF_TOKEN_DIR, "readOnly": True})
-        volumes.append({"name": "hf-token", "secret": {"secretName": "vllm-hf-token", "defaultMode": 0o440}})  # pragma: allowlist secret (Kubernetes Secret name)
+    # Exec probes: a kubelet httpGet goes to the pod IP, where vLLM (on 127.0.0.1) does not listen.
+    health = {"exec": {"command": _engine_probe_command()}}
     gpus = str(args.gpu_count)
     container = {
         "name": "vllm",
@@ -607,8 +670,7 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
         # The module path works whatever ENTRYPOINT a given image tag has (`vllm serve` or none).
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": vllm_arguments(args),
-        "env": env,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": vllm_env(args),
         "resources": {
             "requests": {"cpu": quantity(args.cpu_request), "memory": f"{args.memory_request_gib}Gi", "nvidia.com/gpu": gpus},
             "limits": {"memory": f"{args.memory_limit_gib}Gi", "nvidia.com/gpu": gpus},
@@ -623,6 +685,56 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
     }  # fmt: skip
     if args.hardened:
         container["securityContext"]["runAsNonRoot"] = True
+    return container
+
+
+def front_container(args: VllmKubernetesArgs) -> dict[str, Any]:
+    """The front (Caddy) sidecar: always non-root with a read-only root filesystem."""
+    security = _container_security_context(read_only_root=True)
+    # The caddy image's binary carries cap_net_bind_service=+ep: with every capability dropped, execve
+    # fails with EPERM (caddyserver/caddy-docker#396). Pod Security "restricted" allows adding back this
+    # one; it grants nothing here (no_new_privs, and the front binds unprivileged ports).
+    security["capabilities"] = {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+    security.update({"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER})
+    return {
+        "name": "front",
+        "image": args.front_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["caddy", "run", "--config", f"{FRONT_CONFIG_DIR}/Caddyfile", "--adapter", "caddyfile"],
+        # Caddy keeps its autosave under XDG_CONFIG_HOME (and TLS state, unused here, under XDG_DATA_HOME).
+        "env": [{"name": "XDG_CONFIG_HOME", "value": "/config"}, {"name": "XDG_DATA_HOME", "value": "/data"}],
+        "ports": [
+            {"name": "http", "containerPort": FRONT_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        # Ready only when vLLM is (the health path is vLLM's own /health); alive as long as it listens.
+        "readinessProbe": {"httpGet": {"path": HEALTH_PATH, "port": "http"}, "periodSeconds": 5, "timeoutSeconds": 5,
+                           "failureThreshold": 3},
+        "livenessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 15, "timeoutSeconds": 5, "failureThreshold": 4},
+        "securityContext": security,
+        "volumeMounts": [
+            {"name": "front-config", "mountPath": FRONT_CONFIG_DIR, "readOnly": True},
+            {"name": "front-state", "mountPath": "/config"},
+            {"name": "front-data", "mountPath": "/data"},
+        ],
+    }  # fmt: skip
+
+
+def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], selector: Mapping[str, str]) -> dict[str, Any]:
+    volumes: list[dict[str, Any]] = [
+        # NCCL and PyTorch's shared-memory IPC need more than the runtime's 64 MB /dev/shm.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{args.shm_size_gib}Gi"}},
+        {"name": "cache", "emptyDir": {"sizeLimit": "64Gi"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "8Gi"}},
+        {"name": "front-config", "configMap": {"name": FRONT_CONFIG_MAP}},
+        {"name": "front-state", "emptyDir": {"sizeLimit": "16Mi"}},
+        {"name": "front-data", "emptyDir": {"sizeLimit": "16Mi"}},
+    ]
+    if args.hf_token is not None:
+        volumes.append({"name": "hf-token", "secret": {"secretName": "vllm-hf-token", "defaultMode": 0o440}})  # pragma: allowlist secret (Kubernetes Secret name)
+    # A changed Caddyfile rolls the pods (a ConfigMap change alone would not restart the front).
+    config_hash = hashlib.sha256(front_caddyfile().encode()).hexdigest()[:16]
     return {
         # No replicas: the HPA owns the count, and an update must not reset it.
         "selector": {"matchLabels": dict(selector)},
@@ -631,7 +743,7 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "progressDeadlineSeconds": args.startup_timeout_seconds + 900,
         "template": {
-            "metadata": {"labels": dict(labels)},
+            "metadata": {"labels": dict(labels), "annotations": {"llminfer/front-config": config_hash}},
             "spec": {
                 "serviceAccountName": "vllm",
                 "automountServiceAccountToken": False,
@@ -641,7 +753,7 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
                 # GKE taints GPU nodes; say so explicitly rather than rely on the admission plugin.
                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                 "securityContext": _pod_security_context(RUN_AS_USER if args.hardened else None),
-                "containers": [container],
+                "containers": [vllm_container(args), front_container(args)],
                 "volumes": volumes,
             },
         },

@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -26,11 +27,16 @@ import yaml
 
 from components.azure_cloud_init import (
     CUSTOM_DATA_LIMIT,
+    NO_KERNEL_UPGRADES_CONF,
+    VLLM_LOCAL_PORT,
     VllmHost,
     cloud_config,
+    docker_run_arguments,
     encode_custom_data,
+    front_caddyfile,
     vllm_arguments,
 )
+from components.vllm_front import caddyfile
 
 HOST = VllmHost(
     image="vllm/vllm-openai:v0.8.4",
@@ -50,9 +56,22 @@ TLS_HOST = replace(
     HOST, tls_domain="llm.example.com", tls_email="ops@example.com", hf_token_secret_name="hf-token"  # pragma: allowlist secret (Key Vault secret name)
 )
 
-needs_curl = pytest.mark.skipif(
-    shutil.which("curl") is None or shutil.which("bash") is None, reason="needs bash and curl"
-)
+def _needs(*tools: str):
+    def mark(test):
+        def check(*args, **kwargs):
+            missing = [tool for tool in tools if shutil.which(tool) is None]
+            assert not missing, f"missing {missing}: apt-get install -y {' '.join(missing)} (.ci/run does it)"
+            return test(*args, **kwargs)
+
+        check.__name__, check.__doc__, check.__wrapped__ = test.__name__, test.__doc__, test
+        return check
+
+    return mark
+
+
+# A missing tool fails these tests (CI installs them), it never skips them.
+needs_curl = _needs("bash", "curl")
+needs_caddy = _needs("bash", "curl", "caddy")
 
 
 def files_of(host: VllmHost) -> dict[str, dict]:
@@ -78,7 +97,10 @@ def test_the_document_is_cloud_config_yaml_that_writes_and_enables_the_units():
     document = yaml.safe_load(text)
     assert set(document) == {"write_files", "runcmd"}
     assert ["systemctl", "enable", "--now", "--no-block", "vllm.service"] in document["runcmd"]
-    assert not any("caddy.service" in cmd for cmd in document["runcmd"])
+    # The front runs without TLS too: vLLM's --api-key guards only /v1/*.
+    assert ["systemctl", "enable", "--now", "--no-block", "caddy.service"] in document["runcmd"]
+    # cloud-init itself never runs apt (it would race the GPU driver extension's dpkg).
+    assert not {"packages", "package_update", "package_upgrade", "apt"} & set(document)
     for entry in document["write_files"]:
         assert entry["owner"] == "root:root"
         assert entry["permissions"] in ("0750", "0644")
@@ -88,7 +110,7 @@ def test_custom_data_is_base64_of_the_document_within_azures_limit():
     text = cloud_config(TLS_HOST)
     encoded = encode_custom_data(text)
     assert base64.b64decode(encoded).decode() == text
-    assert len(encoded) < CUSTOM_DATA_LIMIT / 4  # plenty of room left
+    assert len(encoded) < CUSTOM_DATA_LIMIT / 3  # plenty of room left
 
 
 def test_custom_data_over_azures_limit_is_refused():
@@ -103,9 +125,10 @@ def test_vllm_unit_restarts_forever_and_runs_every_step_in_order():
     assert settings["StartLimitIntervalSec"] == ["0"]
     assert settings["WantedBy"] == ["multi-user.target"]
     steps = [value.split()[0].lstrip("-") for value in settings["ExecStartPre"]]
+    # The driver extension's dpkg first (it does not wait for the lock), then our apt.
     assert steps == [
-        "/usr/local/sbin/llminfer-setup",
         "/usr/local/sbin/llminfer-wait-gpu",
+        "/usr/local/sbin/llminfer-setup",
         "/usr/local/sbin/llminfer-fetch-secrets",
         "/usr/bin/docker",
         "/bin/sh",
@@ -126,7 +149,9 @@ def test_the_container_gets_the_gpu_the_cache_and_the_key_from_the_env_file_only
     assert words[:2] == ["/usr/bin/docker", "run"]
     assert "--gpus" in words and words[words.index("--gpus") + 1] == "all"
     assert words[words.index("--env-file") + 1] == "/etc/llminfer/secrets.env"
-    assert words[words.index("-p") + 1] == "8000:8000"
+    # Loopback only: clients reach the front, never vLLM.
+    assert words[words.index("-p") + 1] == f"127.0.0.1:{VLLM_LOCAL_PORT}:8000"
+    assert words == docker_run_arguments(HOST)
     assert "/var/lib/llminfer/huggingface:/root/.cache/huggingface" in words
     image_at = words.index("vllm/vllm-openai:v0.8.4")
     assert words[image_at + 1 :] == vllm_arguments(HOST)
@@ -149,19 +174,25 @@ def test_engine_flags_come_from_the_host_settings():
     assert "--quantization" not in vllm_arguments(HOST)  # vLLM reads it from the model config
 
 
-def test_tls_puts_caddy_in_front_and_keeps_vllm_on_loopback():
-    files = files_of(TLS_HOST)
-    assert docker_run_words(TLS_HOST)[docker_run_words(TLS_HOST).index("-p") + 1] == "127.0.0.1:8000:8000"
-    caddyfile = files["/etc/llminfer/Caddyfile"]["content"]
-    assert "email ops@example.com" in caddyfile
-    assert "llm.example.com {" in caddyfile
-    assert "reverse_proxy 127.0.0.1:8000" in caddyfile
-    assert "flush_interval -1" in caddyfile
-    caddy = unit_settings(files["/etc/systemd/system/caddy.service"]["content"])
+@pytest.mark.parametrize("host", [HOST, TLS_HOST], ids=["http", "tls"])
+def test_the_front_always_runs_before_vllm_on_loopback(host):
+    files = files_of(host)
+    assert docker_run_words(host)[docker_run_words(host).index("-p") + 1] == f"127.0.0.1:{VLLM_LOCAL_PORT}:8000"
+    written = files["/etc/llminfer/Caddyfile"]["content"]
+    assert written == front_caddyfile(host)
+    if host.tls_domain:
+        assert written == caddyfile(":443", f"127.0.0.1:{VLLM_LOCAL_PORT}", tls_domain="llm.example.com",
+                                    tls_email="ops@example.com")  # fmt: skip
+    else:
+        assert written == caddyfile(":8000", f"127.0.0.1:{VLLM_LOCAL_PORT}")
+    unit = files["/etc/systemd/system/caddy.service"]["content"]
+    caddy = unit_settings(unit)
+    # vLLM's check-auth waits for the front: the front must not wait for vLLM.
+    assert "vllm.service" not in "".join(caddy["After"] + caddy.get("Wants", []))
     assert caddy["Restart"] == ["always"]
     assert "--network host" in caddy["ExecStart"][0]
     assert "caddy:2.10" in caddy["ExecStart"][0]
-    document = yaml.safe_load(cloud_config(TLS_HOST))
+    document = yaml.safe_load(cloud_config(host))
     assert ["systemctl", "enable", "--now", "--no-block", "caddy.service"] in document["runcmd"]
 
 
@@ -227,6 +258,10 @@ class FakeAzure:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.do_GET()
+
             def log_message(self, *args):
                 pass
 
@@ -253,6 +288,8 @@ class FakeAzure:
             return 200, {}
         if path == "/v1/models":
             return self.models_status, {}
+        if path == "/invocations":
+            return 200, {"choices": []}  # as vLLM: outside /v1, no key asked
         return 404, {}
 
     def __enter__(self) -> FakeAzure:
@@ -326,23 +363,133 @@ def test_fetch_secrets_gives_up_without_writing_when_access_never_comes(tmp_path
     assert list(tmp_path.glob("secrets.env.*")) == []
 
 
-def run_check_auth(models_status: int, tmp_path: Path) -> subprocess.CompletedProcess:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_check_auth(models_status: int, tmp_path: Path, *, front: bool = True) -> subprocess.CompletedProcess:
+    """check-auth against a fake vLLM, behind the real front (Caddy with the rendered config) or not."""
     with FakeAzure({}, models_status=models_status) as fake:
-        return run_script(host_for(fake), "/usr/local/sbin/llminfer-check-auth", {}, tmp_path)
+        engine = f"http://127.0.0.1:{fake.port}"
+        if not front:  # no front: "the front" is vLLM itself, as before the fix
+            env = {"LLMINFER_ENGINE": engine, "LLMINFER_FRONT": engine}
+            return run_script(HOST, "/usr/local/sbin/llminfer-check-auth", env, tmp_path)
+        port = free_port()
+        config = tmp_path / "Caddyfile"
+        config.write_text(caddyfile(f"127.0.0.1:{port}", f"127.0.0.1:{fake.port}"))
+        xdg = {"XDG_CONFIG_HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "HOME": str(tmp_path)}
+        caddy = subprocess.Popen(
+            [shutil.which("caddy"), "run", "--config", str(config), "--adapter", "caddyfile"],
+            env={**os.environ, **xdg}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            env = {"LLMINFER_ENGINE": engine, "LLMINFER_FRONT": f"http://127.0.0.1:{port}"}
+            return run_script(HOST, "/usr/local/sbin/llminfer-check-auth", env, tmp_path)
+        finally:
+            caddy.terminate()
+            caddy.wait(timeout=10)
 
 
-@needs_curl
-def test_check_auth_passes_when_vllm_refuses_requests_without_the_key(tmp_path):
+@needs_caddy
+def test_check_auth_passes_when_vllm_needs_the_key_and_the_front_refuses_invocations(tmp_path):
     result = run_check_auth(401, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "requires the API key" in result.stdout
+    assert "requires the API key; the front refuses /invocations" in result.stdout
 
 
-@needs_curl
+@needs_caddy
 def test_check_auth_fails_closed_when_vllm_serves_without_the_key(tmp_path):
     result = run_check_auth(200, tmp_path)
     assert result.returncode == 1
     assert "refusing to serve" in result.stderr
+
+
+@needs_curl
+def test_check_auth_fails_closed_when_invocations_gets_through(tmp_path):
+    # vLLM asks the key on /v1/* but runs /invocations for anyone: without the front that is open.
+    result = run_check_auth(401, tmp_path, front=False)
+    assert result.returncode == 1
+    assert "the front answered 200 to POST /invocations (expected 404): refusing to serve" in result.stderr
+
+
+def test_check_auth_reaches_the_tls_front_on_this_vm():
+    script = files_of(TLS_HOST)["/usr/local/sbin/llminfer-check-auth"]["content"]
+    assert "front=${LLMINFER_FRONT:-https://llm.example.com}" in script
+    assert "--resolve llm.example.com:443:127.0.0.1 --insecure" in script
+    assert f"engine=${{LLMINFER_ENGINE:-http://127.0.0.1:{VLLM_LOCAL_PORT}}}" in script
+
+
+# --- the GPU driver extension and apt; the kernel the driver was built for ------------------------------
+
+
+def fake_tools(tmp_path: Path, **scripts: str) -> str:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        tool = bin_dir / name
+        tool.write_text(f"#!/bin/bash\n{body}\n")
+        tool.chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def run_wait_gpu(tmp_path: Path, status: str | None) -> subprocess.CompletedProcess:
+    status_dir = tmp_path / "Microsoft.HpcCompute.NvidiaGpuDriverLinux-1.6.0.0" / "status"
+    status_dir.mkdir(parents=True)
+    if status is not None:
+        (status_dir / "0.status").write_text(json.dumps([{"status": {"status": status, "operation": "Enable"}}]))
+    script = tmp_path / "llminfer-wait-gpu"
+    script.write_text(files_of(HOST)["/usr/local/sbin/llminfer-wait-gpu"]["content"])
+    env = {
+        "PATH": fake_tools(tmp_path, **{"nvidia-smi": "echo 'GPU 0: NVIDIA A10-24Q'"}),
+        "LLMINFER_EXTENSION_STATUS": str(tmp_path / "Microsoft.HpcCompute.NvidiaGpuDriverLinux-*/status/*.status"),
+        "LLMINFER_POLL": "0.2",
+    }
+    return subprocess.run(["bash", str(script), "1"], env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_wait_gpu_waits_for_the_extension_to_finish_not_only_for_the_driver(tmp_path):
+    # The driver answers while the extension is still at work (it may run dpkg): not done yet.
+    assert run_wait_gpu(tmp_path / "busy", "transitioning").returncode == 1
+    assert run_wait_gpu(tmp_path / "none", None).returncode == 1
+    done = run_wait_gpu(tmp_path / "done", "success")
+    assert done.returncode == 0, done.stderr
+    assert "NVIDIA A10" in done.stdout
+
+
+def test_unattended_upgrades_never_install_a_kernel_and_setup_holds_it():
+    files = files_of(HOST)
+    conf = files[NO_KERNEL_UPGRADES_CONF]["content"]
+    assert "Unattended-Upgrade::Package-Blacklist {" in conf
+    for pattern in ("^linux-image-", "^linux-headers-", "^linux-modules-", "^linux-azure"):
+        assert f'"{pattern}";' in conf
+    setup = files["/usr/local/sbin/llminfer-setup"]["content"]
+    hold_at = setup.index('apt-mark hold "${kernel[@]}"')
+    assert hold_at < setup.index("apt_get update")  # before any package comes in
+
+
+def test_setup_holds_the_installed_kernel_packages(tmp_path):
+    """The hold line runs for real against a fake dpkg-query/apt-mark (the rest of setup needs a VM)."""
+    setup = files_of(HOST)["/usr/local/sbin/llminfer-setup"]["content"]
+    start = setup.index("mapfile -t kernel")
+    end = setup.index("\n", setup.index('apt-mark hold "${kernel[@]}"')) + 1
+    script = tmp_path / "hold"
+    script.write_text("#!/bin/bash\nset -euo pipefail\n" + setup[start:end])
+    listing = "\n".join([
+        "linux-image-6.5.0-1025-azure install ok installed",
+        "linux-azure install ok installed",
+        "linux-headers-6.2.0-1019-azure deinstall ok config-files",
+        "linux-modules-6.5.0-1025-azure install ok installed",
+    ])  # fmt: skip
+    held = tmp_path / "held"
+    path = fake_tools(tmp_path, **{"dpkg-query": f"cat <<'X'\n{listing}\nX",
+                                   "apt-mark": f'echo "$@" > {held}'})  # fmt: skip
+    result = subprocess.run(["bash", str(script)], env={"PATH": path}, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert held.read_text().split() == [
+        "hold", "linux-image-6.5.0-1025-azure", "linux-azure", "linux-modules-6.5.0-1025-azure",
+    ]  # fmt: skip
 
 
 def _script_names(predicate: Callable[[str], bool]) -> list[str]:

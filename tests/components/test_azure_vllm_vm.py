@@ -18,6 +18,7 @@ from components.azure_vllm_vm import (
     AzureVllmVmArgs,
     ssh_key_problem,
 )
+from tests import pulumi_harness
 from tests.pulumi_harness import run_program
 from tests.ssh_keys import ed25519_public_key, rsa_public_key
 
@@ -63,6 +64,7 @@ VM = "azure-native:compute:VirtualMachine"
         ({"gpu_memory_utilization": 0.99}, "gpu_memory_utilization", "between"),
         ({"quantization": "AWQ Marlin"}, "quantization", "quantization method"),
         ({"api_port": 80}, "api_port", "unprivileged"),
+        ({"api_port": 18000}, "api_port", "where vLLM itself listens"),
         ({"tls_domain": "not a domain"}, "tls_domain", "DNS name"),
         ({"tls_email": "nobody"}, "tls_email", "email"),
         ({"caddy_image": "caddy"}, "caddy_image", "with a tag"),
@@ -252,6 +254,41 @@ def test_tls_domain_reaches_the_caddyfile():
     run = build(replace(ARGS, tls_domain="llm.example.com", tls_email="ops@example.com"))
     files = {f["path"]: f["content"] for f in custom_data(run)["write_files"]}
     assert "llm.example.com {" in files["/etc/llminfer/Caddyfile"]
+
+
+def test_the_front_runs_without_tls_too():
+    files = {f["path"]: f["content"] for f in custom_data(build(ARGS))["write_files"]}
+    assert "http://:8000 {" in files["/etc/llminfer/Caddyfile"]
+    assert "/etc/systemd/system/caddy.service" in files
+
+
+@pytest.fixture
+def registrations(monkeypatch):
+    """Resource options the harness does not record (replace-on-changes, delete-before-replace), by name."""
+    seen: dict[str, object] = {}
+    original = pulumi_harness.RecordingMonitor.RegisterResource
+
+    def register(self, request):
+        seen[request.name] = request
+        return original(self, request)
+
+    monkeypatch.setattr(pulumi_harness.RecordingMonitor, "RegisterResource", register)
+    return seen
+
+
+def test_a_custom_data_change_replaces_the_vm_deleting_it_first(registrations):
+    # Azure refuses customData changes in place (409 PropertyChangeNotAllowed) and azure-native would
+    # send an in-place PUT (pulumi-azure-native#577): the VM must be replaced, the old one deleted first.
+    build(ARGS)
+    vm = registrations["llm-dev-vm"]
+    assert "osProfile.customData" in list(vm.replaceOnChanges)
+    assert vm.deleteBeforeReplace is True
+
+
+def test_the_security_type_is_explicit_so_no_secure_boot_blocks_the_grid_driver():
+    vm = build(ARGS).one(VM).inputs
+    assert vm["securityProfile"] == {"securityType": "Standard"}
+    assert "uefiSettings" not in vm["securityProfile"]
 
 
 def test_invalid_args_create_nothing():

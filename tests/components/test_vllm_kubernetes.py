@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import subprocess
 
 import pulumi
 import pytest
@@ -10,15 +13,24 @@ from pulumi_kubernetes import Provider
 
 from components import InvalidArgs
 from components.vllm_kubernetes import (
+    ADAPTER_IMAGE,
+    FRONT_PORT,
+    METRICS_PORT,
     TOKENS_PER_SECOND_METRIC,
     WAITING_REQUESTS_METRIC,
     VllmKubernetes,
     VllmKubernetesArgs,
     kubernetes_labels,
     quantity,
+    front_caddyfile,
+    front_container,
+    ready_timeout,
     skip_annotations,
     vllm_arguments,
+    vllm_container,
+    vllm_env,
 )
+from tests import pulumi_harness
 from tests.pulumi_harness import run_program
 
 ARGS = VllmKubernetesArgs(
@@ -27,6 +39,7 @@ ARGS = VllmKubernetesArgs(
     region="us-central1",
     image="vllm/vllm-openai:v0.8.4",
     model_id="hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
+    service_source_ranges=("203.0.113.0/24",),
     labels={"project": "llm-inference", "owner": "ML Platform"},
 )
 
@@ -209,3 +222,135 @@ def test_adapter_reads_monitoring_through_its_workload_identity_principal():
     assert "--secure-port=6443" in container["command"]
     services = {s.inputs["metadata"]["name"] for s in run.of_type("kubernetes:apiregistration.k8s.io/v1:APIService")}
     assert services == {"v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"}
+
+
+# --- the front: vLLM's --api-key guards /v1/* only, so only the front may be reached --------------------
+
+
+def caddy_binary() -> str:
+    path = shutil.which("caddy")
+    assert path, "caddy is not installed: apt-get install -y caddy (.ci/run does it)"
+    return path
+
+
+@pytest.fixture
+def registrations(monkeypatch):
+    """Resource options the harness does not record (custom timeouts, replace-on-changes), by name."""
+    seen: dict[str, object] = {}
+    original = pulumi_harness.RecordingMonitor.RegisterResource
+
+    def register(self, request):
+        seen[request.name] = request
+        return original(self, request)
+
+    monkeypatch.setattr(pulumi_harness.RecordingMonitor, "RegisterResource", register)
+    return seen
+
+
+def test_vllm_listens_on_loopback_and_the_service_reaches_only_the_front():
+    run = _build(ARGS)
+    _, pod = _container(run)
+    vllm, front = pod["containers"]
+    assert vllm["name"] == "vllm" and front["name"] == "front"
+    pairs = dict(zip(vllm["args"][::2], vllm["args"][1::2], strict=False))
+    assert pairs["--host"] == "127.0.0.1"
+    assert "ports" not in vllm
+    assert front["image"] == "caddy:2.10"
+    assert {p["name"]: p["containerPort"] for p in front["ports"]} == {"http": FRONT_PORT, "metrics": METRICS_PORT}
+    service = run.named("svc-service").inputs["spec"]
+    assert service["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert vllm == vllm_container(ARGS) and front == front_container(ARGS)
+    assert vllm["env"] == vllm_env(ARGS)
+
+
+def test_the_front_runs_the_vllm_front_config_and_a_change_rolls_the_pods():
+    run = _build(ARGS)
+    config = run.named("svc-front-config")
+    assert config.type == "kubernetes:core/v1:ConfigMap"
+    assert config.inputs["data"] == {"Caddyfile": front_caddyfile()}
+    deployment, pod = _container(run)
+    assert config.urn in deployment.dependencies
+    volume = next(v for v in pod["volumes"] if v["name"] == "front-config")
+    assert volume["configMap"]["name"] == config.inputs["metadata"]["name"]
+    annotations = deployment.inputs["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["llminfer/front-config"]) == 16
+
+
+def test_the_gke_front_config_is_one_caddy_accepts(tmp_path):
+    path = tmp_path / "Caddyfile"
+    path.write_text(front_caddyfile())
+    result = subprocess.run([caddy_binary(), "adapt", "--config", str(path), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    servers = json.loads(result.stdout)["apps"]["http"]["servers"].values()
+    assert sorted(s["listen"][0] for s in servers) == [f":{FRONT_PORT}", f":{METRICS_PORT}"]
+    assert "127.0.0.1:8000" in result.stdout
+
+
+def test_probes_reach_vllm_inside_the_pod_and_the_front_through_its_health_path():
+    vllm, front = vllm_container(ARGS), front_container(ARGS)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # A kubelet httpGet would go to the pod IP, where vLLM does not listen.
+        assert "httpGet" not in vllm[probe]
+        command = vllm[probe]["exec"]["command"]
+        assert command[:2] == ["python3", "-c"] and "http://127.0.0.1:8000/health" in command[2]
+        compile(command[2], "probe", "exec")
+    assert vllm["startupProbe"]["failureThreshold"] == 180
+    assert front["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert front["livenessProbe"] == {"tcpSocket": {"port": "http"}, "periodSeconds": 15, "timeoutSeconds": 5,
+                                      "failureThreshold": 4}  # fmt: skip
+
+
+def test_metrics_are_scraped_through_the_front_port_only_the_collectors_reach():
+    run = _build(ARGS)
+    monitoring = run.one("kubernetes:monitoring.googleapis.com/v1:PodMonitoring").inputs["spec"]
+    assert [(e["port"], e["path"]) for e in monitoring["endpoints"]] == [("metrics", "/metrics")]
+    ingress = run.named("svc-network-policy").inputs["spec"]["ingress"]
+    assert ingress[0] == {"ports": [{"port": FRONT_PORT, "protocol": "TCP"}]}
+    assert ingress[1] == {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gmp-system"}},
+                  "podSelector": {"matchLabels": {"app.kubernetes.io/name": "collector"}}}],
+        "ports": [{"port": METRICS_PORT, "protocol": "TCP"}],
+    }  # fmt: skip
+    assert len(ingress) == 2
+    assert "8000" not in json.dumps(ingress)
+
+
+def test_the_front_is_hardened_even_when_vllm_is_not():
+    for hardened in (True, False):
+        front = front_container(dataclasses.replace(ARGS, hardened=hardened))
+        security = front["securityContext"]
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+        assert security["allowPrivilegeEscalation"] is False
+        # caddy's file capability makes exec fail with every capability dropped; this one is allowed
+        # by Pod Security "restricted".
+        assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+        assert {m["mountPath"] for m in front["volumeMounts"]} == {"/etc/caddy", "/config", "/data"}
+    pod = _container(_build(ARGS))[1]
+    assert {v["name"]: v for v in pod["volumes"]}["front-state"]["emptyDir"] == {"sizeLimit": "16Mi"}
+
+
+def test_the_service_waits_as_long_as_the_deployment(registrations):
+    _build(ARGS)
+    expected = ready_timeout(ARGS)
+    assert expected == "50m"
+    for name in ("svc-service", "svc-deployment"):
+        timeouts = registrations[name].customTimeouts
+        assert (timeouts.create, timeouts.update) == (expected, expected), name
+
+
+def test_source_ranges_are_required():
+    fields = {f.name: getattr(ARGS, f.name) for f in dataclasses.fields(ARGS) if f.name != "service_source_ranges"}
+    with pytest.raises(InvalidArgs) as err:
+        VllmKubernetesArgs(**fields)
+    assert err.value.field == "service_source_ranges"
+
+
+def test_the_metrics_adapter_image_is_the_current_release():
+    # GoogleCloudPlatform/k8s-stackdriver deploy/production/adapter_new_resource_model.yaml (Aug 2026).
+    assert ADAPTER_IMAGE == "gcr.io/gke-release/custom-metrics-stackdriver-adapter:v0.16.9-gke.0"
+    run = _build(ARGS)
+    container = run.named("svc-metrics-adapter-deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == ADAPTER_IMAGE
