@@ -8,7 +8,12 @@
   `nvidia.com/gpu=present:NoSchedule`, so nothing else could run without it.
 - A GPU pool (`g2-standard-8` + 1x `nvidia-l4` by default) with GKE-managed driver installation,
   autoscaled between the stack's min and max (plus surge headroom for rolling updates), optionally Spot.
-- A dedicated node service account holding only `roles/container.defaultNodeServiceAccount`.
+- A dedicated node service account holding only `roles/container.defaultNodeServiceAccount`, also for the
+  default pool GKE creates (and this component removes) with the cluster: left unset, that pool runs as
+  the default Compute Engine account, and creating the cluster fails where that account is disabled.
+- A recurring maintenance window (weekend nights by default): with one replica and auto-upgrade on, a node
+  upgrade is an outage of several minutes (a new GPU node, the image pull and the model download), so it
+  happens when it hurts least (docs/gcp.md).
 
 `kubeconfig` authenticates with `gke-gcloud-auth-plugin`, so it holds no credential.
 """
@@ -21,6 +26,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 import pulumi
 from pulumi_gcp import compute, container, projects, serviceaccount
@@ -43,6 +49,28 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
 _MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
 _ACCELERATOR = re.compile(r"^nvidia-[a-z0-9-]+$")
+_WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
+_RRULE = re.compile(r"^FREQ=(DAILY|WEEKLY)(;[A-Z]+=[A-Z0-9,]+)*$")
+# GKE wants at least 4 contiguous hours per window (and 48 hours of windows in any 32 days).
+MIN_WINDOW_HOURS = 4
+# Any past date serves as the window's anchor: GKE takes its time of day, length and the recurrence.
+_WINDOW_ANCHOR = "2025-01-04"
+
+
+def maintenance_window(window_utc: str) -> tuple[str, str]:
+    """`HH:MM-HH:MM` (UTC) -> the RFC 3339 start and end of a recurring window (the end may be next day)."""
+    match = _WINDOW.fullmatch(window_utc)
+    if match is None:
+        raise ValueError(f"{window_utc!r} is not HH:MM-HH:MM")
+    start_h, start_m, end_h, end_m = (int(g) for g in match.groups())
+    start, end = start_h * 60 + start_m, end_h * 60 + end_m
+    if end <= start:
+        end += 24 * 60
+    day = int(_WINDOW_ANCHOR[-2:])
+    return (
+        f"{_WINDOW_ANCHOR[:-2]}{day:02d}T{start_h:02d}:{start_m:02d}:00Z",
+        f"{_WINDOW_ANCHOR[:-2]}{day + end // (24 * 60):02d}T{end_h:02d}:{end_m:02d}:00Z",
+    )
 
 
 def gcp_labels(tags: Mapping[str, str]) -> dict[str, str]:
@@ -104,6 +132,9 @@ class GkeClusterArgs:
     # CIDRs allowed to reach the Kubernetes API endpoint; empty means any (IAM still applies).
     api_source_ranges: tuple[str, ...] = ()
     deletion_protection: bool = False
+    # RFC 5545 RRULE of the maintenance window (GKE's recurringWindow); "" lets GKE upgrade at any time.
+    maintenance_recurrence: str = "FREQ=WEEKLY;BYDAY=SA,SU"
+    maintenance_window_utc: str = "03:00-09:00"
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +174,16 @@ class GkeClusterArgs:
                         f"{ranges[second]} overlaps {first} {ranges[first]}")
         require(c, "pods_cidr", ranges["pods_cidr"].prefixlen <= 21, "must be /21 or larger (GKE gives each node a /24 of pod IPs)")
         require_cidrs(c, "api_source_ranges", self.api_source_ranges)
+        if self.maintenance_recurrence:
+            require(c, "maintenance_recurrence", isinstance(self.maintenance_recurrence, str)
+                    and _RRULE.fullmatch(self.maintenance_recurrence) is not None,
+                    f"{self.maintenance_recurrence!r} is not an RRULE such as FREQ=WEEKLY;BYDAY=SA,SU")
+            require(c, "maintenance_window_utc", isinstance(self.maintenance_window_utc, str)
+                    and _WINDOW.fullmatch(self.maintenance_window_utc) is not None,
+                    f"{self.maintenance_window_utc!r} is not a UTC time range such as 03:00-09:00")
+            start, end = (datetime.fromisoformat(t.replace("Z", "+00:00")) for t in maintenance_window(self.maintenance_window_utc))
+            require(c, "maintenance_window_utc", end - start >= timedelta(hours=MIN_WINDOW_HOURS),
+                    f"{self.maintenance_window_utc!r} is shorter than the {MIN_WINDOW_HOURS} hours GKE requires")
 
     @property
     def location(self) -> str:
@@ -253,9 +294,29 @@ class GkeCluster(pulumi.ComponentResource):
             ),
             logging_config=container.ClusterLoggingConfigArgs(enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
             cost_management_config=container.ClusterCostManagementConfigArgs(enabled=True),
+            # The default pool GKE creates with the cluster (removed right after) runs as this account too,
+            # not as the default Compute Engine one, which many projects disable.
+            node_config=container.ClusterNodeConfigArgs(service_account=account.email, oauth_scopes=[CLOUD_PLATFORM_SCOPE]),
+            maintenance_policy=(
+                container.ClusterMaintenancePolicyArgs(
+                    recurring_window=container.ClusterMaintenancePolicyRecurringWindowArgs(
+                        start_time=maintenance_window(args.maintenance_window_utc)[0],
+                        end_time=maintenance_window(args.maintenance_window_utc)[1],
+                        recurrence=args.maintenance_recurrence,
+                    )
+                )
+                if args.maintenance_recurrence
+                else None
+            ),
             resource_labels=labels,
             deletion_protection=args.deletion_protection,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[node_role]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[node_role],
+                # nodeConfig only shapes the default pool at creation (it is removed right away); a change
+                # must not replace an existing cluster.
+                ignore_changes=["nodeConfig"],
+            ),
         )
 
         def node_config(machine_type: str, **extra) -> container.NodePoolNodeConfigArgs:

@@ -27,6 +27,21 @@ ARGS = GkeClusterArgs(
 @pytest.mark.parametrize(
     ("changes", "field", "says"),
     [
+        ({"maintenance_recurrence": "weekly"}, "maintenance_recurrence", "RRULE"),
+        ({"maintenance_window_utc": "3-9"}, "maintenance_window_utc", "UTC time range"),
+        ({"maintenance_window_utc": "03:00-05:00"}, "maintenance_window_utc", "4 hours"),
+    ],
+)
+def test_bad_maintenance_settings_name_their_field(changes, field, says):
+    with pytest.raises(InvalidArgs) as err:
+        dataclasses.replace(ARGS, **changes)
+    assert err.value.field == field
+    assert says in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "says"),
+    [
         ({"project": "My_Project"}, "project", "not a GCP project id"),
         ({"region": "us central"}, "region", "not a GCP region"),
         ({"zone": "europe-west4-a"}, "zone", "not a zone of region us-central1"),
@@ -119,6 +134,34 @@ def test_nodes_run_as_a_dedicated_least_privilege_account():
     for pool in run.of_type("gcp:container/nodePool:NodePool"):
         assert pool.inputs["nodeConfig"]["serviceAccount"] == email
         assert pool.inputs["nodeConfig"]["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
+
+
+def test_the_default_pool_the_cluster_creates_runs_as_the_stacks_account_too():
+    # Unset, GKE's initial default pool runs as the default Compute Engine account: creating the cluster
+    # fails in projects where that account is disabled, before remove_default_node_pool ever removes it.
+    run = _build(ARGS)
+    cluster = run.one("gcp:container/cluster:Cluster").inputs
+    assert cluster["nodeConfig"] == {
+        "serviceAccount": "test-dev-nodes@mock-project.iam.gserviceaccount.com",
+        "oauthScopes": ["https://www.googleapis.com/auth/cloud-platform"],
+    }
+    assert cluster["removeDefaultNodePool"] is True
+
+
+def test_maintenance_happens_in_a_recurring_window():
+    cluster = _build(ARGS).one("gcp:container/cluster:Cluster").inputs
+    assert cluster["maintenancePolicy"] == {
+        "recurringWindow": {
+            "startTime": "2025-01-04T03:00:00Z",
+            "endTime": "2025-01-04T09:00:00Z",
+            "recurrence": "FREQ=WEEKLY;BYDAY=SA,SU",
+        }
+    }
+    overnight = _build(dataclasses.replace(ARGS, maintenance_window_utc="22:00-04:00", maintenance_recurrence="FREQ=DAILY"))
+    window = overnight.one("gcp:container/cluster:Cluster").inputs["maintenancePolicy"]["recurringWindow"]
+    assert (window["startTime"], window["endTime"]) == ("2025-01-04T22:00:00Z", "2025-01-05T04:00:00Z")
+    anytime = _build(dataclasses.replace(ARGS, maintenance_recurrence=""))
+    assert "maintenancePolicy" not in anytime.one("gcp:container/cluster:Cluster").inputs
 
 
 def test_regional_cluster_spreads_gpu_nodes_and_starts_none_per_zone():
