@@ -1,5 +1,13 @@
 """Alarms and a dashboard for an LLM endpoint on SageMaker and its gateway's metrics.
 
+Latency is alarmed on from the gateway's own metrics, not on SageMaker's ModelLatency: AWS defines
+ModelLatency as the time "to send the request and to fetch the response from the container of a model
+and the time taken to complete the inference in the container" (SageMaker API reference,
+ScalingPolicyMetric; the same text in the CloudWatch metrics page), which for
+InvokeEndpointWithResponseStream is the whole stream: a normal 200-token reply takes several seconds and
+would keep a 2 s p95 alarm firing. The alarms watch time to first token (TTFTMs) and end-to-end time per
+output token (1000 / TokensPerSecond, both per request, from the gateway's EMF lines) instead.
+
 The alarm topic is encrypted with a customer-managed KMS key of its own. CloudWatch alarms cannot
 publish to a topic under the AWS-managed `alias/aws/sns` key (its key policy cannot be changed to let
 cloudwatch.amazonaws.com use it, so every notification is silently dropped); this key's policy lets
@@ -27,8 +35,11 @@ class EndpointMonitoringArgs:
     region: str
     price_per_hour: float
     max_instances: int
+    # Time-to-first-token SLOs (ms, at the gateway).
     slo_latency_p95_ms: int = 2000
     slo_latency_p99_ms: int = 4000
+    # End-to-end time per output token (ms, p95): a stream slower than 1000/this tokens/s misses it.
+    slo_e2e_per_token_p95_ms: int = 100
     # Share of invocations answered with a 5xx that pages (percent over 5 minutes).
     error_rate_percent: float = 1.0
     variant_name: str = "AllTraffic"
@@ -44,6 +55,8 @@ class EndpointMonitoringArgs:
         require_positive(_COMPONENT, "slo_latency_p99_ms", self.slo_latency_p99_ms)
         require(_COMPONENT, "slo_latency_p99_ms", self.slo_latency_p99_ms >= self.slo_latency_p95_ms,
                 f"({self.slo_latency_p99_ms}) must not be below slo_latency_p95_ms ({self.slo_latency_p95_ms})")
+        require_positive(_COMPONENT, "slo_e2e_per_token_p95_ms", self.slo_e2e_per_token_p95_ms)
+        require_text(_COMPONENT, "metrics_namespace", self.metrics_namespace)
         require_between(_COMPONENT, "error_rate_percent", self.error_rate_percent, 0.01, 100)
         if self.alarm_email:
             require(_COMPONENT, "alarm_email", "@" in self.alarm_email and " " not in self.alarm_email,
@@ -123,6 +136,29 @@ def instance_count_queries(endpoint: str, variant: str) -> list[dict]:
     ]
 
 
+# The instance count is a float sum of 1/N per request divided into the request count: 3 requests on 5
+# instances give 3 / (0.2 + 0.2 + 0.2) = 4.999999999999999, never >= 5. Half an instance below the
+# maximum tolerates any such rounding and no real count lies between.
+def at_max_instances_threshold(max_instances: int) -> float:
+    return max_instances - 0.5
+
+
+def e2e_per_token_queries(namespace: str, endpoint: str) -> list[dict]:
+    """p95 of end-to-end ms per output token = 1000 / p5 of the gateway's per-request TokensPerSecond
+    (completion tokens / seconds from the call to the last content chunk): x -> 1000/x reverses the
+    order, so the 95th percentile of one is the transform of the 5th of the other."""
+    return [
+        {
+            "id": "tps_p5",
+            "metric": {"namespace": namespace, "metric_name": "TokensPerSecond", "period": 60, "stat": "p5",
+                       "dimensions": {METRICS_DIMENSION: endpoint}},
+            "return_data": False,
+        },
+        {"id": "e2e_per_token_p95", "expression": "1000 / tps_p5",
+         "label": "End-to-end ms per output token (p95)", "return_data": True},
+    ]
+
+
 def error_rate_queries(endpoint: str, variant: str) -> list[dict]:
     return [
         {"id": "errors", "metric": _variant_metric(endpoint, variant, "Invocation5XXErrors", "Sum"), "return_data": False},
@@ -154,7 +190,7 @@ def dashboard_body(args: EndpointMonitoringArgs, endpoint: str) -> str:
         widget(12, 0, "TTFT (ms, at the gateway)", [
             [ns, "TTFTMs", dim, endpoint, {"stat": "p50", "label": "p50"}],
             [ns, "TTFTMs", dim, endpoint, {"stat": "p95", "label": "p95"}],
-        ], stat="p50"),
+        ], stat="p50", annotations={"horizontal": [{"label": "SLO p95", "value": args.slo_latency_p95_ms}]}),
         widget(0, 6, "Cost per 1k output tokens (USD)", [
             [ns, "CompletionTokens", dim, endpoint, {"id": "tokens", "visible": False}],
             [*sm, {"id": "invocations", "visible": False}],
@@ -176,13 +212,20 @@ def dashboard_body(args: EndpointMonitoringArgs, endpoint: str) -> str:
             ["AWS/SageMaker", "Invocation5XXErrors", "EndpointName", endpoint, "VariantName", variant],
             ["AWS/SageMaker", "InvocationModelErrors", "EndpointName", endpoint, "VariantName", variant],
         ]),
-        widget(12, 12, "Model latency (ms)", [
+        # The whole stream for streamed requests (see the module docstring): shown, not alarmed on.
+        widget(12, 12, "Model latency (ms; whole stream when streamed)", [
             ["AWS/SageMaker", "ModelLatency", "EndpointName", endpoint, "VariantName", variant,
              {"stat": stat, "id": f"l{stat}", "visible": False}]
             for stat in ("p50", "p95", "p99")
         ] + [
             [{"expression": f"l{stat} / 1000", "label": stat}] for stat in ("p50", "p95", "p99")
-        ], stat="p50", annotations={"horizontal": [{"label": "SLO p95", "value": args.slo_latency_p95_ms}]}),
+        ], stat="p50"),
+        widget(0, 18, "End-to-end ms per output token (at the gateway)", [
+            [ns, "TokensPerSecond", dim, endpoint, {"stat": "p5", "id": "tps_p5", "visible": False}],
+            [ns, "TokensPerSecond", dim, endpoint, {"stat": "p50", "id": "tps_p50", "visible": False}],
+            [{"expression": "1000 / tps_p50", "label": "p50"}],
+            [{"expression": "1000 / tps_p5", "label": "p95"}],
+        ], stat="p50", annotations={"horizontal": [{"label": "SLO p95", "value": args.slo_e2e_per_token_p95_ms}]}),
     ]
     return json.dumps({"widgets": widgets}, sort_keys=True)
 
@@ -238,19 +281,21 @@ class EndpointMonitoring(pulumi.ComponentResource):
                                   endpoint=args.alarm_email, opts=child)
         actions = [topic.arn]
 
-        def latency_alarm(percentile: str, slo_ms: int) -> cloudwatch.MetricAlarm:
+        gateway_dims = {METRICS_DIMENSION: endpoint}
+
+        def ttft_alarm(percentile: str, slo_ms: int) -> cloudwatch.MetricAlarm:
             return cloudwatch.MetricAlarm(
-                f"{name}-latency-{percentile}",
-                alarm_description=f"Model latency {percentile} above the {slo_ms} ms SLO for 3 of 5 minutes",
-                namespace="AWS/SageMaker",
-                metric_name="ModelLatency",
-                dimensions={"EndpointName": endpoint, "VariantName": variant},
+                f"{name}-ttft-{percentile}",
+                alarm_description=(f"Time to first token {percentile} (at the gateway) above the {slo_ms} ms SLO "
+                                   "for 3 of 5 minutes"),
+                namespace=args.metrics_namespace,
+                metric_name="TTFTMs",
+                dimensions=gateway_dims,
                 extended_statistic=percentile,
                 period=60,
                 evaluation_periods=5,
                 datapoints_to_alarm=3,
-                # ModelLatency is published in microseconds.
-                threshold=slo_ms * 1000,
+                threshold=slo_ms,  # TTFTMs is in milliseconds
                 comparison_operator="GreaterThanThreshold",
                 treat_missing_data="notBreaching",
                 alarm_actions=actions,
@@ -260,8 +305,23 @@ class EndpointMonitoring(pulumi.ComponentResource):
             )
 
         alarms = [
-            latency_alarm("p95", args.slo_latency_p95_ms),
-            latency_alarm("p99", args.slo_latency_p99_ms),
+            ttft_alarm("p95", args.slo_latency_p95_ms),
+            ttft_alarm("p99", args.slo_latency_p99_ms),
+            cloudwatch.MetricAlarm(
+                f"{name}-e2e-per-token-p95",
+                alarm_description=(f"End-to-end time per output token p95 (at the gateway) above the "
+                                   f"{args.slo_e2e_per_token_p95_ms} ms SLO for 3 of 5 minutes"),
+                metric_queries=endpoint.apply(lambda e: e2e_per_token_queries(args.metrics_namespace, e)),
+                evaluation_periods=5,
+                datapoints_to_alarm=3,
+                threshold=args.slo_e2e_per_token_p95_ms,
+                comparison_operator="GreaterThanThreshold",
+                treat_missing_data="notBreaching",
+                alarm_actions=actions,
+                ok_actions=actions,
+                tags=tags,
+                opts=child,
+            ),
             cloudwatch.MetricAlarm(
                 f"{name}-5xx-rate",
                 alarm_description=f"More than {args.error_rate_percent}% of invocations failed with 5xx over 5 minutes",
@@ -302,7 +362,7 @@ class EndpointMonitoring(pulumi.ComponentResource):
                 metric_queries=endpoint.apply(lambda e: instance_count_queries(e, variant)),
                 evaluation_periods=15,
                 datapoints_to_alarm=15,
-                threshold=args.max_instances,
+                threshold=at_max_instances_threshold(args.max_instances),
                 comparison_operator="GreaterThanOrEqualToThreshold",
                 treat_missing_data="notBreaching",
                 alarm_actions=actions,

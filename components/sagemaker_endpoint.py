@@ -7,12 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pulumi
-from pulumi_aws import cloudwatch, get_caller_identity, iam, sagemaker
+from pulumi_aws import cloudwatch, get_caller_identity_output, get_partition_output, iam, sagemaker
 
 from components._args import require, require_between, require_choice, require_positive, require_text
 from components.aws_common import LOG_RETENTION_DAYS, policy_document, sagemaker_instance_types
 
 _COMPONENT = "SageMakerEndpoint"
+# botocore's sagemaker model, shape EndpointName: pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}, max 63.
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 # The LMI images live in one ECR repository per region (a few regions use another account).
 _LMI_REPOSITORY = "djl-inference"
@@ -61,16 +62,25 @@ class SageMakerEndpointArgs:
                 f"{self.log_retention_days!r} is not a CloudWatch retention period; use one of {LOG_RETENTION_DAYS}")
         if self.endpoint_name:
             require(_COMPONENT, "endpoint_name", _ENDPOINT_NAME.fullmatch(self.endpoint_name) is not None,
-                    f"{self.endpoint_name!r} is not a valid endpoint name (letters, digits, hyphens; at most 63)")
+                    f"{self.endpoint_name!r} is not a valid SageMaker endpoint name (letters, digits and hyphens, "
+                    "starting and ending with a letter or digit, at most 63)")
         for key in self.extra_env:
             require(_COMPONENT, "extra_env", key.startswith("OPTION_") or key.isupper(),
                     f"{key!r} is not an environment variable name the LMI container reads (OPTION_<X>, ...)")
         require(_COMPONENT, "extra_env", "OPTION_QUANTIZE" not in self.extra_env,
                 "OPTION_QUANTIZE disables vLLM's Marlin kernels for a pre-quantized AWQ model; leave it out")
+        served = self.extra_env.get("OPTION_SERVED_MODEL_NAME", self.model_id)
+        require(_COMPONENT, "extra_env", served == self.model_id,
+                f"OPTION_SERVED_MODEL_NAME={served!r} differs from model_id {self.model_id!r}: the gateway accepts "
+                "only model_id as `model` and passes it to the engine, which would answer 404; leave it out")
 
     @property
     def image_uri(self) -> str:
-        return f"{self.image_account}.dkr.ecr.{self.region}.amazonaws.com/{_LMI_REPOSITORY}:{self.image_tag}"
+        return self.image_uri_in("amazonaws.com")
+
+    def image_uri_in(self, dns_suffix: str) -> str:
+        """The image in the partition's ECR (amazonaws.com; amazonaws.com.cn in China)."""
+        return f"{self.image_account}.dkr.ecr.{self.region}.{dns_suffix}/{_LMI_REPOSITORY}:{self.image_tag}"
 
     def container_environment(self) -> dict[str, str]:
         env = {
@@ -82,9 +92,77 @@ class SageMakerEndpointArgs:
             "OPTION_MAX_MODEL_LEN": str(self.max_model_len),
             "OPTION_MAX_ROLLING_BATCH_SIZE": str(self.max_batch_size),
             "OPTION_GPU_MEMORY_UTILIZATION": str(self.gpu_memory_utilization),
+            # The name vLLM serves, the one the gateway accepts as `model` (and lists in /v1/models) and
+            # passes through. Without it LMI serves "lmi" and vLLM answers every other `model` with 404:
+            # djl-serving 0.33.0 djl_python/lmi_vllm/vllm_async_service.py, initialize():
+            # `served_model_name or "lmi"`; OPTION_<X> reaches vLLM's EngineArgs as <x>
+            # (properties_manager/vllm_rb_properties.py, get_additional_vllm_engine_args).
+            "OPTION_SERVED_MODEL_NAME": self.model_id,
         }
         env.update(self.extra_env)
         return env
+
+
+def derived_endpoint_name(prefix: str, stack: str) -> str:
+    """`<prefix>-<stack>` (at most 63 characters), refused now, not 20 minutes into CreateEndpoint, when
+    SageMaker would refuse it (Pulumi stack names may hold `_` and `.`; endpoint names may not)."""
+    name = f"{prefix}-{stack}"[:63].rstrip("-")
+    require(_COMPONENT, "endpoint_name", _ENDPOINT_NAME.fullmatch(name) is not None,
+            f"the endpoint name {name!r}, made from the stack name {stack!r}, is not a valid SageMaker endpoint "
+            "name (letters, digits and hyphens, starting and ending with a letter or digit, at most 63: "
+            f"{_ENDPOINT_NAME.pattern}); use a stack name of letters, digits and hyphens "
+            f"(`pulumi stack rename {re.sub(r'[^a-zA-Z0-9-]+', '-', stack).strip('-') or 'aws'}`)")
+    return name
+
+
+def execution_role_trust_policy(partition: str, region: str, account: str) -> str:
+    """SageMaker (real-time inference of this account and region) may assume the role.
+
+    AWS's template for inference is `ArnLike aws:SourceArn arn:<partition>:sagemaker:<region>:<account>:*`,
+    "the ARN must be in the format provided above" (SageMaker Developer Guide, Cross-service confused deputy
+    prevention, SageMaker AI Inference). It documents no aws:SourceAccount for inference, so a condition on
+    that key alone risks a role SageMaker cannot assume; the ARN carries the account anyway.
+    """
+    return policy_document([{
+        "Effect": "Allow",
+        "Principal": {"Service": "sagemaker.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+        "Condition": {"ArnLike": {"aws:SourceArn": f"arn:{partition}:sagemaker:{region}:{account}:*"}},
+    }])
+
+
+def execution_role_policy(partition: str, region: str, account: str, image_account: str, endpoint_name: str) -> str:
+    """What AWS's CreateModel execution-role template grants (SageMaker Developer Guide, sagemaker-roles,
+    "CreateModel API: Execution Role Permissions"), scoped to the LMI repository and this endpoint's log
+    group; no S3 (the model comes from Hugging Face)."""
+    repository_arn = f"arn:{partition}:ecr:{region}:{image_account}:repository/{_LMI_REPOSITORY}"
+    log_group_arn = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint_name}"
+    return policy_document([
+        # GetAuthorizationToken has no resource-level permissions: AWS requires "*".
+        {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+        {
+            "Sid": "PullLmiImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Resource": repository_arn,
+        },
+        # The template lists logs:CreateLogGroup too: the group exists (made with its retention before the
+        # endpoint), so allowing it on that one group creates nothing, and SageMaker's call cannot be denied.
+        {
+            "Sid": "WriteOwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+            "Resource": [log_group_arn, f"{log_group_arn}:*"],
+        },
+        # PutMetricData has no resource-level permissions: "*" narrowed by namespace.
+        {
+            "Sid": "PublishSageMakerMetrics",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricData"],
+            "Resource": "*",
+            "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker"]}},
+        },
+    ])
 
 
 class SageMakerEndpoint(pulumi.ComponentResource):
@@ -104,7 +182,7 @@ class SageMakerEndpoint(pulumi.ComponentResource):
         tags = dict(args.tags)
         # The endpoint name is fixed up front so that its log group can exist (with retention) before
         # SageMaker would create it without one.
-        endpoint_name = args.endpoint_name or f"{name}-{pulumi.get_stack()}"[:63].rstrip("-")
+        endpoint_name = args.endpoint_name or derived_endpoint_name(name, pulumi.get_stack())
 
         log_group = cloudwatch.LogGroup(
             f"{name}-logs",
@@ -114,65 +192,44 @@ class SageMakerEndpoint(pulumi.ComponentResource):
             opts=child,
         )
 
-        account = get_caller_identity(opts=pulumi.InvokeOptions(parent=self)).account_id
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        account = get_caller_identity_output(opts=invoke).account_id
+        # No literal "arn:aws": China (aws-cn) and GovCloud (aws-us-gov) are partitions of their own.
+        partition = get_partition_output(opts=invoke)
         role = iam.Role(
             f"{name}-role",
             description=f"SageMaker execution role of endpoint {endpoint_name}",
-            assume_role_policy=policy_document([{
-                "Effect": "Allow",
-                "Principal": {"Service": "sagemaker.amazonaws.com"},
-                "Action": "sts:AssumeRole",
-                # Confused-deputy guard: only SageMaker acting for this account may assume it.
-                "Condition": {"StringEquals": {"aws:SourceAccount": account}},
-            }]),
+            assume_role_policy=pulumi.Output.all(partition.partition, account).apply(
+                lambda v: execution_role_trust_policy(v[0], args.region, v[1])),
             tags=tags,
             opts=child,
         )
-        repository_arn = f"arn:aws:ecr:{args.region}:{args.image_account}:repository/{_LMI_REPOSITORY}"
-        log_group_arn = f"arn:aws:logs:{args.region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint_name}"
-        iam.RolePolicy(
+        role_policy = iam.RolePolicy(
             f"{name}-role-policy",
             role=role.id,
-            policy=policy_document([
-                # GetAuthorizationToken has no resource-level permissions: AWS requires "*".
-                {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
-                {
-                    "Sid": "PullLmiImage",
-                    "Effect": "Allow",
-                    "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-                    "Resource": repository_arn,
-                },
-                {
-                    "Sid": "WriteOwnLogs",
-                    "Effect": "Allow",
-                    "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
-                    "Resource": [log_group_arn, f"{log_group_arn}:*"],
-                },
-                # PutMetricData has no resource-level permissions: "*" narrowed by namespace.
-                {
-                    "Sid": "PublishSageMakerMetrics",
-                    "Effect": "Allow",
-                    "Action": ["cloudwatch:PutMetricData"],
-                    "Resource": "*",
-                    "Condition": {"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker"]}},
-                },
-            ]),
+            policy=pulumi.Output.all(partition.partition, account).apply(
+                lambda v: execution_role_policy(v[0], args.region, v[1], args.image_account, endpoint_name)),
             opts=child,
         )
 
         environment: dict[str, pulumi.Input[str]] = dict(args.container_environment())
         if args.hf_token is not None:
+            # In clear in the model's definition (DescribeModel shows it): SageMaker's ContainerDefinition
+            # takes plain strings only, no secret references (botocore sagemaker model, Environment:
+            # "Don't include any sensitive data"). Pulumi keeps it encrypted in its own state.
             environment["HF_TOKEN"] = pulumi.Output.secret(args.hf_token)
+        # SageMaker checks at CreateModel/CreateEndpoint that it can use the role: the role's policy must
+        # exist first, or the model's image pull fails on a role without permissions.
         model = sagemaker.Model(
             f"{name}-model",
             execution_role_arn=role.arn,
             primary_container=sagemaker.ModelPrimaryContainerArgs(
-                image=args.image_uri,
+                image=partition.dns_suffix.apply(args.image_uri_in),
                 mode="SingleModel",
                 environment=environment,
             ),
             tags=tags,
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
         )
         variant = sagemaker.EndpointConfigurationProductionVariantArgs(
             variant_name=args.variant_name,
@@ -196,7 +253,7 @@ class SageMakerEndpoint(pulumi.ComponentResource):
             name=endpoint_name,
             endpoint_config_name=endpoint_config.name,
             tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[log_group, role_policy]),
         )
 
         self.endpoint_name = endpoint.name

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pulumi
-from pulumi_aws import apigateway, cloudwatch, iam, lambda_, secretsmanager
+from pulumi_aws import apigateway, cloudwatch, get_partition_output, iam, lambda_, secretsmanager
 
 from components._args import (
     InvalidArgs,
@@ -51,8 +51,14 @@ API_KEY_SOURCES = ("AUTHORIZER", "HEADER")
 FUNCTION_URL_AUTHS = ("API_KEY", "AWS_IAM")
 QUOTA_PERIODS = ("DAY", "WEEK", "MONTH")
 LAMBDA_RUNTIME = "python3.12"
-# Lambda Web Adapter, published by AWS in every commercial region (REFERENCE.md).
-LWA_LAYER = "arn:aws:lambda:{region}:753240598075:layer:LambdaAdapterLayerX86:27"
+# Lambda Web Adapter, published by AWS in every commercial region (REFERENCE.md); other partitions
+# (aws-cn, aws-us-gov) publish it under other accounts: set lwa_layer_arn there.
+LWA_LAYER = "arn:{partition}:lambda:{region}:753240598075:layer:LambdaAdapterLayerX86:27"
+# API Gateway's managed policy for its account-wide CloudWatch role.
+APIGW_LOGS_POLICY = "arn:{partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+# The REQUEST authorizer: where it reads the key, how long API Gateway caches its answer per key.
+AUTHORIZER_IDENTITY_SOURCE = "method.request.header.Authorization"
+AUTHORIZER_TTL_SECONDS = 300
 APP_PORT = "8080"
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda"
 
@@ -102,9 +108,10 @@ class StreamingGatewayArgs:
     stage_name: str = "prod"
     # Empty: the published Lambda Web Adapter layer (x86_64) in `region`.
     lwa_layer_arn: str = ""
-    # Access and execution logs need API Gateway's account-wide CloudWatch role; set it here unless the
-    # account's admins already do.
-    manage_account_log_role: bool = True
+    # Access and execution logs need API Gateway's CloudWatch role, one setting per account and region that
+    # every REST API there logs with. Off by default: turning it on replaces what is set (and `pulumi destroy`
+    # then leaves the stack's role in place rather than resetting the region's setting).
+    manage_account_log_role: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -143,6 +150,10 @@ class StreamingGatewayArgs:
         return self.mode in ("function_url", "both")
 
     @property
+    def uses_authorizer(self) -> bool:
+        return self.api_key_source == "AUTHORIZER"  # pragma: allowlist secret (setting value)
+
+    @property
     def app_checks_key(self) -> bool:
         return self.uses_function_url and self.function_url_auth == "API_KEY"
 
@@ -178,6 +189,8 @@ class StreamingGateway(pulumi.ComponentResource):
                                          secret_string=api_key.value, opts=child)
 
         role = self._app_role(args, app_logs, secret, tags)
+        self._partition = get_partition_output(opts=pulumi.InvokeOutputOptions(parent=self)).partition
+        layer = args.lwa_layer_arn or self._partition.apply(lambda p: LWA_LAYER.format(partition=p, region=args.region))
         function = lambda_.Function(
             f"{name}-fn",
             description=f"OpenAI-compatible streaming gateway to SageMaker endpoint (model {args.model_id})",
@@ -186,7 +199,7 @@ class StreamingGateway(pulumi.ComponentResource):
             handler="run.sh",
             code=args.code,
             role=role.arn,
-            layers=[args.lwa_layer_arn or LWA_LAYER.format(region=args.region)],
+            layers=[layer],
             memory_size=args.limits.memory_mb,
             timeout=args.limits.timeout_seconds,
             environment={"variables": self._environment(args, secret)},
@@ -210,6 +223,8 @@ class StreamingGateway(pulumi.ComponentResource):
                 invoke_mode="RESPONSE_STREAM",
                 opts=child,
             )
+            if args.function_url_auth != "AWS_IAM":
+                self._public_url_permissions(function)
             self.function_url = function_url.function_url.apply(lambda u: u.rstrip("/") + "/v1")
             url = url or self.function_url
 
@@ -227,6 +242,19 @@ class StreamingGateway(pulumi.ComponentResource):
         })
 
     # --- the function ---
+
+    def _public_url_permissions(self, function: lambda_.Function) -> None:
+        """Auth NONE: "your function's resource-based policy is always in effect and must grant public
+        access before your function URL can receive requests"; and "starting in October 2025, new function
+        URLs will require both lambda:InvokeFunctionUrl and lambda:InvokeFunction permissions" (Lambda
+        Developer Guide, urls-auth). Both are limited to calls through a function URL: the first by
+        FunctionUrlAuthType NONE, the second by lambda:InvokedViaFunctionUrl (AddPermission, Oct 2025).
+        The app itself refuses requests without the API key (read from Secrets Manager)."""
+        child = pulumi.ResourceOptions(parent=self)
+        lambda_.Permission(f"{self._name}-url-public", action="lambda:InvokeFunctionUrl", function=function.name,
+                           principal="*", function_url_auth_type="NONE", opts=child)
+        lambda_.Permission(f"{self._name}-url-public-invoke", action="lambda:InvokeFunction", function=function.name,
+                           principal="*", invoked_via_function_url=True, opts=child)
 
     @staticmethod
     def _environment(args: StreamingGatewayArgs, secret: secretsmanager.Secret | None) -> dict[str, pulumi.Input[str]]:
@@ -294,41 +322,62 @@ class StreamingGateway(pulumi.ComponentResource):
                                  opts=child)
         proxy = apigateway.Resource(f"{name}-proxy", rest_api=api.id, parent_id=v1.id, path_part="{proxy+}",
                                     opts=child)
-        authorizer = self._authorizer(args, api, log_prefix, tags) if args.api_key_source == "AUTHORIZER" else None
+        authorizer: apigateway.Authorizer | None = None
+        authorizer_content: dict | None = None
+        if args.uses_authorizer:
+            authorizer, authorizer_content = self._authorizer(args, api, log_prefix, tags)
+        method_content = {
+            "http_method": "ANY",
+            "authorization": "CUSTOM" if authorizer is not None else "NONE",
+            "api_key_required": True,
+            "request_parameters": {"method.request.path.proxy": True},
+        }
         method = apigateway.Method(
             f"{name}-method",
             rest_api=api.id,
             resource_id=proxy.id,
-            http_method="ANY",
-            authorization="CUSTOM" if authorizer is not None else "NONE",
             authorizer_id=authorizer.id if authorizer is not None else None,
-            api_key_required=True,
-            request_parameters={"method.request.path.proxy": True},
             opts=child,
+            **method_content,
         )
+        integration_content = {
+            "type": "AWS_PROXY",
+            "integration_http_method": "POST",
+            "uri": function.response_streaming_invoke_arn,
+            "response_transfer_mode": "STREAM",
+            "timeout_milliseconds": args.limits.timeout_seconds * 1000,
+        }
         integration = apigateway.Integration(
             f"{name}-integration",
             rest_api=api.id,
             resource_id=proxy.id,
             http_method=method.http_method,
-            type="AWS_PROXY",
-            integration_http_method="POST",
-            uri=function.response_streaming_invoke_arn,
-            response_transfer_mode="STREAM",
-            timeout_milliseconds=args.limits.timeout_seconds * 1000,
             opts=child,
+            **integration_content,
         )
         lambda_.Permission(f"{name}-invoke-from-api", action="lambda:InvokeFunction", function=function.name,
                            principal="apigateway.amazonaws.com",
                            source_arn=api.execution_arn.apply(lambda arn: f"{arn}/*/*/v1/*"), opts=child)
-        responses = self._gateway_responses(api)
+        responses, responses_content = self._gateway_responses(api)
+        method_settings = {
+            "metrics_enabled": True,
+            "logging_level": "ERROR",
+            "data_trace_enabled": False,  # full request logging would write the key and prompts
+            "throttling_rate_limit": args.limits.rate_per_second,
+            "throttling_burst_limit": args.limits.burst,
+        }
 
-        # A new deployment whenever what it serves changes.
-        fingerprint = pulumi.Output.all(
-            proxy.id, method.id, method.authorization, method.api_key_required, integration.id, integration.uri,
-            integration.timeout_milliseconds, integration.response_transfer_mode,
-            authorizer.id if authorizer is not None else "", *[r.id for r in responses],
-        ).apply(lambda values: hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest())
+        # A new deployment whenever what it serves changes. A deployment is a snapshot of the API's
+        # configuration: an in-place change of a method, the integration, the authorizer or a gateway
+        # response keeps every ID, so the fingerprint is of the contents (IDs would miss those changes).
+        fingerprint = pulumi.Output.from_input({
+            "paths": ["v1", "{proxy+}"],
+            "method": method_content,
+            "integration": integration_content,
+            "authorizer": authorizer_content,
+            "responses": responses_content,
+            "method_settings": method_settings,
+        }).apply(deployment_fingerprint)
         deployment = apigateway.Deployment(
             f"{name}-deployment", rest_api=api.id, triggers={"redeployment": fingerprint},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[method, integration, *responses]),
@@ -359,13 +408,7 @@ class StreamingGateway(pulumi.ComponentResource):
             rest_api=api.id,
             stage_name=stage.stage_name,
             method_path="*/*",
-            settings={
-                "metrics_enabled": True,
-                "logging_level": "ERROR",
-                "data_trace_enabled": False,  # full request logging would write the key and prompts
-                "throttling_rate_limit": args.limits.rate_per_second,
-                "throttling_burst_limit": args.limits.burst,
-            },
+            settings=method_settings,
             opts=child,
         )
         plan = apigateway.UsagePlan(
@@ -383,8 +426,9 @@ class StreamingGateway(pulumi.ComponentResource):
         return api, stage
 
     def _authorizer(self, args: StreamingGatewayArgs, api: apigateway.RestApi, log_prefix: str,
-                    tags: Mapping[str, str]) -> apigateway.Authorizer:
-        """A REQUEST authorizer that turns `Authorization: Bearer <key>` into the usage plan's API key."""
+                    tags: Mapping[str, str]) -> tuple[apigateway.Authorizer, dict]:
+        """A REQUEST authorizer that turns `Authorization: Bearer <key>` into the usage plan's API key;
+        with what the deployment's fingerprint needs of it."""
         name = self._name
         child = pulumi.ResourceOptions(parent=self)
         logs = cloudwatch.LogGroup(f"{name}-authorizer-logs", name=f"{log_prefix}/authorizer",
@@ -413,50 +457,69 @@ class StreamingGateway(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
         )
-        authorizer = apigateway.Authorizer(
-            f"{name}-authorizer",
-            rest_api=api.id,
-            type="REQUEST",
-            authorizer_uri=function.invoke_arn,
-            identity_source="method.request.header.Authorization",
-            # Cached per Authorization header value: one authorizer call per key per 5 minutes.
-            authorizer_result_ttl_in_seconds=300,
-            opts=child,
-        )
+        content = {
+            "type": "REQUEST",
+            "authorizer_uri": function.invoke_arn,
+            "identity_source": AUTHORIZER_IDENTITY_SOURCE,
+            # Cached per Authorization header value: one authorizer call per key per TTL.
+            "authorizer_result_ttl_in_seconds": AUTHORIZER_TTL_SECONDS,
+        }
+        authorizer = apigateway.Authorizer(f"{name}-authorizer", rest_api=api.id, opts=child, **content)
         lambda_.Permission(f"{name}-authorizer-invoke", action="lambda:InvokeFunction", function=function.name,
                            principal="apigateway.amazonaws.com",
                            source_arn=pulumi.Output.all(api.execution_arn, authorizer.id).apply(
                                lambda v: f"{v[0]}/authorizers/{v[1]}"),
                            opts=child)
-        return authorizer
+        return authorizer, content
 
-    def _gateway_responses(self, api: apigateway.RestApi) -> list[apigateway.Response]:
+    def _gateway_responses(self, api: apigateway.RestApi) -> tuple[list[apigateway.Response], list[dict]]:
         """API Gateway's own refusals (no key, over the limits) in the OpenAI error shape clients parse."""
-        responses = []
+        responses, contents = [], []
         for response_type, status, error_type, code, headers in GATEWAY_RESPONSES:
             template = json.dumps({"error": {"message": "MESSAGE", "type": error_type, "param": None, "code": code}})
+            content = {
+                "response_type": response_type,
+                "status_code": status,
+                "response_templates": {"application/json": template.replace('"MESSAGE"', "$context.error.messageString")},
+                "response_parameters": {f"gatewayresponse.header.{k}": f"'{v}'" for k, v in headers.items()} or None,
+            }
             responses.append(apigateway.Response(
                 f"{self._name}-response-{response_type.lower().replace('_', '-')}",
                 rest_api_id=api.id,
-                response_type=response_type,
-                status_code=status,
-                response_templates={"application/json": template.replace('"MESSAGE"', "$context.error.messageString")},
-                response_parameters={f"gatewayresponse.header.{k}": f"'{v}'" for k, v in headers.items()} or None,
                 opts=pulumi.ResourceOptions(parent=self),
+                **content,
             ))
-        return responses
+            contents.append(content)
+        return responses, contents
 
     def _account_log_role(self, tags: Mapping[str, str]) -> apigateway.Account:
+        """API Gateway's CloudWatch role: one setting per account and region, shared by every REST API there.
+
+        pulumi-aws 7 (terraform-provider-aws 6) always resets it on delete ("reset_on_delete has been
+        removed. The destroy operation will now always reset the API Gateway account settings": the v6
+        upgrade guide, resource/aws_api_gateway_account), which would cut the other APIs' logs. So the
+        setting and the role it names are retained on delete: `pulumi destroy` leaves them as they are.
+        """
         name = self._name
-        child = pulumi.ResourceOptions(parent=self)
+        # retain_on_delete: Pulumi's counterpart of the `removed` block the upgrade guide points to.
+        kept = pulumi.ResourceOptions(parent=self, retain_on_delete=True)
         role = iam.Role(f"{name}-apigw-logs-role", assume_role_policy=_assume_role("apigateway.amazonaws.com"),
                         description="API Gateway (account-wide setting): write access and execution logs",
-                        tags=tags, opts=child)
-        iam.RolePolicyAttachment(
+                        tags=tags, opts=kept)
+        attachment = iam.RolePolicyAttachment(
             f"{name}-apigw-logs-policy", role=role.name,
-            policy_arn="arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs", opts=child,
+            policy_arn=self._partition.apply(lambda p: APIGW_LOGS_POLICY.format(partition=p)), opts=kept,
         )
-        return apigateway.Account(f"{name}-apigw-account", cloudwatch_role_arn=role.arn, opts=child)
+        # API Gateway checks the role can write to CloudWatch when the setting is made: after the attachment.
+        return apigateway.Account(
+            f"{name}-apigw-account", cloudwatch_role_arn=role.arn,
+            opts=pulumi.ResourceOptions.merge(kept, pulumi.ResourceOptions(depends_on=[attachment])),
+        )
+
+
+def deployment_fingerprint(content: Mapping) -> str:
+    """The hash of what a deployment snapshots (plain values: resolved outputs, no resource IDs)."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # Access log record (JSON). The key's id, never the key.
@@ -503,7 +566,7 @@ _TARGET_MARKERS = {
 }
 # botocore ships the models of every AWS service (most of its size); the app calls two.
 _BOTOCORE_SERVICES = ("sagemaker-runtime", "secretsmanager")
-_BUNDLE_FORMAT = "1"
+_BUNDLE_FORMAT = "2"  # 2: entries made on Unix (create_system 3) on every OS
 
 
 class BundleError(RuntimeError):
@@ -620,10 +683,15 @@ def _wanted(relative: str) -> bool:
 
 
 def _write_zip(path: Path, files: Iterable[tuple[str, Path]]) -> None:
-    """A reproducible zip (fixed timestamps, sorted), with run.sh executable."""
+    """A reproducible zip (fixed timestamps, sorted), with run.sh executable.
+
+    Every entry says it was made on Unix (create_system 3): zipfile writes 0 (MS-DOS) on Windows, and an
+    unzip then ignores the Unix mode in external_attr, so run.sh would lose its execute bit.
+    """
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
         for relative, source in sorted(files):
             info = zipfile.ZipInfo(relative, date_time=(2020, 1, 1, 0, 0, 0))
+            info.create_system = 3
             mode = 0o755 if relative == "run.sh" else 0o644
             info.external_attr = (stat.S_IFREG | mode) << 16
             info.compress_type = zipfile.ZIP_DEFLATED

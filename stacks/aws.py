@@ -11,7 +11,7 @@ from bench.planner import check_stack_fit
 from components.aws_common import sagemaker_instance_types
 from components.cost_budget import budget_args_from_config, create_budget
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
-from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs
+from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs, derived_endpoint_name
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
 from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
@@ -38,6 +38,7 @@ CONFIG_KEYS = {
     "target_concurrent_requests_per_instance": "targetConcurrentRequestsPerInstance",
     "slo_latency_p95_ms": "sloLatencyP95Ms",
     "slo_latency_p99_ms": "sloLatencyP99Ms",
+    "slo_e2e_per_token_p95_ms": "sloE2ePerTokenP95Ms",
     "alarm_email": "alarmEmail",
     "price_per_hour": "pricePerHour",
     # the streaming gateway
@@ -111,6 +112,9 @@ def build() -> dict[str, Any]:
             model_download_timeout_seconds=cfg.integer("modelDownloadTimeoutSeconds"),
             inference_ami_version=cfg.text("inferenceAmiVersion", allow_empty=True),
             log_retention_days=cfg.integer("logRetentionDays"),
+            # Named after the stack, and checked against SageMaker's pattern before anything exists.
+            endpoint_name=derived_endpoint_name("llm", pulumi.get_stack()),
+            # In clear in the SageMaker model (DescribeModel shows it): see hfToken in Pulumi.yaml.
             hf_token=cfg.secret("hfToken"),
             tags=tags,
         )
@@ -138,6 +142,7 @@ def build() -> dict[str, Any]:
                 max_instances=max_instances,
                 slo_latency_p95_ms=cfg.integer("sloLatencyP95Ms"),
                 slo_latency_p99_ms=cfg.integer("sloLatencyP99Ms"),
+                slo_e2e_per_token_p95_ms=cfg.integer("sloE2ePerTokenP95Ms"),
                 alarm_email=cfg.text("alarmEmail", allow_empty=True),
                 tags=tags,
             ),

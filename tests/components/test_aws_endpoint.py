@@ -27,6 +27,9 @@ def test_image_uri_follows_region_and_account():
         ({"image_account": "7631"}, "image_account"),
         ({"endpoint_name": "bad_name!"}, "endpoint_name"),
         ({"extra_env": {"OPTION_QUANTIZE": "awq"}}, "extra_env"),
+        # The gateway accepts only model_id as `model`: the engine must serve that name.
+        ({"extra_env": {"OPTION_SERVED_MODEL_NAME": "lmi"}}, "extra_env"),
+        ({"endpoint_name": "llm_prod"}, "endpoint_name"),
         ({"startup_health_check_timeout_seconds": 30}, "startup_health_check_timeout_seconds"),
         ({"max_batch_size": 0}, "max_batch_size"),
         ({"model_id": " "}, "model_id"),
@@ -41,6 +44,22 @@ def test_endpoint_args_reject(changes, field):
 def test_extra_env_passes_through_as_engine_args():
     env = SageMakerEndpointArgs(**BASE, extra_env={"OPTION_ENFORCE_EAGER": "true"}).container_environment()
     assert env["OPTION_ENFORCE_EAGER"] == "true" and env["HF_MODEL_ID"] == "org/model"
+
+
+def test_the_engine_serves_the_model_id():
+    env = SageMakerEndpointArgs(**BASE).container_environment()
+    assert env["OPTION_SERVED_MODEL_NAME"] == env["HF_MODEL_ID"] == "org/model"
+    same = SageMakerEndpointArgs(**BASE, extra_env={"OPTION_SERVED_MODEL_NAME": "org/model"})
+    same.validate()
+
+
+def test_an_endpoint_name_made_from_the_stack_is_checked_against_sagemakers_pattern():
+    from components.sagemaker_endpoint import derived_endpoint_name
+
+    assert derived_endpoint_name("llm", "prod") == "llm-prod"
+    assert derived_endpoint_name("llm", "x" * 80) == "llm-" + "x" * 59
+    with pytest.raises(InvalidArgs, match=r"stack name 'my_stack'.*pulumi stack rename my-stack"):
+        derived_endpoint_name("llm", "my_stack")
 
 
 def test_component_children_are_parented_and_named_from_the_component():

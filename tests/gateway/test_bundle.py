@@ -39,3 +39,11 @@ def test_bundle_holds_the_app_and_its_dependencies_and_imports_alone(tmp_path):
     )
     result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_entry_is_unix_made_with_its_mode():
+    """create_system 3 (Unix) on every OS, so unzip applies the modes: run.sh stays executable."""
+    with zipfile.ZipFile(gateway_bundle()) as archive:
+        for info in archive.infolist():
+            assert info.create_system == 3, info.filename
+            assert stat.S_ISREG(info.external_attr >> 16) and stat.S_IMODE(info.external_attr >> 16) in (0o644, 0o755)

@@ -203,3 +203,72 @@ def test_bad_args_fail_before_anything_is_created(overrides, field):
     with pytest.raises(InvalidArgs) as raised:
         args(**overrides).validate()
     assert raised.value.field == field
+
+
+# --- what a deployment serves -------------------------------------------------------------------------
+
+
+def _trigger(run) -> str:
+    return run.one("aws:apigateway/deployment:Deployment").inputs["triggers"]["redeployment"]
+
+
+def test_the_deployment_trigger_is_stable_for_the_same_api(run):
+    assert _trigger(run) == _trigger(build())
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["authorizer_ttl", "identity_source", "gateway_response", "method_settings", "integration_timeout"],
+)
+def test_an_in_place_change_of_what_the_stage_serves_makes_a_new_deployment(run, change, monkeypatch):
+    """A deployment is a snapshot: an in-place update keeps every ID, so only a fingerprint of the
+    contents sees it (and the stage would serve the old configuration)."""
+    from components import streaming_gateway
+
+    overrides: dict[str, Any] = {}
+    if change == "authorizer_ttl":
+        monkeypatch.setattr(streaming_gateway, "AUTHORIZER_TTL_SECONDS", 60)
+    elif change == "identity_source":
+        monkeypatch.setattr(streaming_gateway, "AUTHORIZER_IDENTITY_SOURCE",
+                            "method.request.header.Authorization,context.httpMethod")
+    elif change == "gateway_response":
+        first, *rest = streaming_gateway.GATEWAY_RESPONSES
+        monkeypatch.setattr(streaming_gateway, "GATEWAY_RESPONSES", ((first[0], "403", *first[2:]), *rest))
+    elif change == "method_settings":
+        overrides["limits"] = GatewayLimits(rate_per_second=50, burst=10, quota=10000, quota_period="WEEK",
+                                            timeout_seconds=600)
+    else:
+        overrides["limits"] = GatewayLimits(rate_per_second=5, burst=10, quota=10000, quota_period="WEEK",
+                                            timeout_seconds=300)
+    changed = build(**overrides)
+    ids = {r.name: r.state.get("id") for r in changed.resources}
+    assert ids == {r.name: r.state.get("id") for r in run.resources}, "the same resources, in place"
+    assert _trigger(changed) != _trigger(run), change
+
+
+def test_the_authorizer_is_built_from_what_the_trigger_hashes(run):
+    from components.streaming_gateway import AUTHORIZER_TTL_SECONDS
+
+    authorizer = run.one("aws:apigateway/authorizer:Authorizer").inputs
+    assert authorizer["authorizerResultTtlInSeconds"] == AUTHORIZER_TTL_SECONDS
+    assert authorizer["identitySource"] == "method.request.header.Authorization"
+
+
+# --- Function URL permissions -------------------------------------------------------------------------
+
+
+def test_function_url_with_the_apps_key_check_is_public_through_the_url_only():
+    run = build(mode="function_url")
+    permissions = {p.inputs["action"]: p.inputs for p in run.of_type("aws:lambda/permission:Permission")
+                   if p.inputs["principal"] == "*"}
+    assert permissions == {
+        "lambda:InvokeFunctionUrl": {"action": "lambda:InvokeFunctionUrl", "function": "gw-fn", "principal": "*",
+                                     "functionUrlAuthType": "NONE"},
+        "lambda:InvokeFunction": {"action": "lambda:InvokeFunction", "function": "gw-fn", "principal": "*",
+                                  "invokedViaFunctionUrl": True},
+    }
+
+
+def test_function_url_with_iam_auth_grants_nobody():
+    run = build(mode="function_url", function_url_auth="AWS_IAM")
+    assert not [p for p in run.of_type("aws:lambda/permission:Permission") if p.inputs["principal"] == "*"]

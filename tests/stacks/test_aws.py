@@ -25,6 +25,8 @@ EXPECTED_LMI_ENV = {
     "OPTION_MAX_MODEL_LEN": "8192",
     "OPTION_MAX_ROLLING_BATCH_SIZE": "64",
     "OPTION_GPU_MEMORY_UTILIZATION": "0.9",
+    # The name vLLM serves: the model id, which the gateway accepts as `model` (LMI's default is "lmi").
+    "OPTION_SERVED_MODEL_NAME": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
 }
 
 
@@ -45,7 +47,7 @@ def test_endpoint_core_graph(aws):
         "aws:sagemaker/endpoint:Endpoint": 1,
         "aws:appautoscaling/target:Target": 1,
         "aws:appautoscaling/policy:Policy": 2,
-        "aws:cloudwatch/metricAlarm:MetricAlarm": 5,
+        "aws:cloudwatch/metricAlarm:MetricAlarm": 6,
         "aws:cloudwatch/dashboard:Dashboard": 1,
         "aws:sns/topic:Topic": 1,
         "aws:sns/topicPolicy:TopicPolicy": 1,
@@ -168,17 +170,20 @@ def test_fast_policy_uses_the_high_resolution_concurrency_metric(aws):
 def test_alarms_watch_latency_slo_errors_and_capacity(aws):
     alarms = {a.name: a.inputs for a in aws.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
     assert set(alarms) == {
-        "llm-monitoring-latency-p95",
-        "llm-monitoring-latency-p99",
+        "llm-monitoring-ttft-p95",
+        "llm-monitoring-ttft-p99",
+        "llm-monitoring-e2e-per-token-p95",
         "llm-monitoring-5xx-rate",
         "llm-monitoring-model-errors",
         "llm-monitoring-at-max-instances",
     }
-    # ModelLatency is in microseconds: 2000 ms p95 / 4000 ms p99 SLOs.
-    assert alarms["llm-monitoring-latency-p95"]["threshold"] == 2_000_000
-    assert alarms["llm-monitoring-latency-p95"]["extendedStatistic"] == "p95"
-    assert alarms["llm-monitoring-latency-p99"]["threshold"] == 4_000_000
-    assert alarms["llm-monitoring-at-max-instances"]["threshold"] == 4
+    # Time to first token at the gateway (ms): 2000 ms p95 / 4000 ms p99 SLOs.
+    assert alarms["llm-monitoring-ttft-p95"]["threshold"] == 2000
+    assert alarms["llm-monitoring-ttft-p95"]["extendedStatistic"] == "p95"
+    assert alarms["llm-monitoring-ttft-p99"]["threshold"] == 4000
+    assert alarms["llm-monitoring-e2e-per-token-p95"]["threshold"] == 100
+    # Half an instance below the maximum of 4: a float instance count of 3.9999... still counts.
+    assert alarms["llm-monitoring-at-max-instances"]["threshold"] == 3.5
     operators = aws_api.enum("cloudwatch", "ComparisonOperator")
     topic = aws.one("aws:sns/topic:Topic")
     for name, alarm in alarms.items():
@@ -186,6 +191,8 @@ def test_alarms_watch_latency_slo_errors_and_capacity(aws):
         assert alarm["alarmActions"] == [topic.state["arn"]], name
         if "metricQueries" in alarm:
             assert [q["id"] for q in alarm["metricQueries"] if q.get("returnData")], name
+        elif alarm["namespace"] == "LLMInference":  # the gateway's EMF metrics
+            assert alarm["dimensions"] == {"EndpointName": "llm-aws"}
         else:
             assert alarm["namespace"] == "AWS/SageMaker"
             assert alarm["dimensions"] == {"EndpointName": "llm-aws", "VariantName": "AllTraffic"}
@@ -246,13 +253,15 @@ def test_execution_role_is_least_privilege(aws):
     trust = json.loads(role.inputs["assumeRolePolicy"])
     (statement,) = trust["Statement"]
     assert statement["Principal"] == {"Service": "sagemaker.amazonaws.com"}
-    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": "123456789012"}}
+    # AWS's template for real-time inference (confused-deputy prevention): aws:SourceArn, not SourceAccount.
+    assert statement["Condition"] == {"ArnLike": {"aws:SourceArn": "arn:aws:sagemaker:us-east-1:123456789012:*"}}
     (policy,) = [r for r in aws.children_of(endpoint_component) if r.type == "aws:iam/rolePolicy:RolePolicy"]
     statements = json.loads(policy.inputs["policy"])["Statement"]
     actions = sorted(a for s in statements for a in s["Action"])
     assert actions == sorted([
         "ecr:GetAuthorizationToken", "ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
-        "ecr:GetDownloadUrlForLayer", "logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents",
+        "ecr:GetDownloadUrlForLayer", "logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams",
+        "logs:PutLogEvents",
         "cloudwatch:PutMetricData",
     ])
     for s in statements:
