@@ -120,7 +120,9 @@ def entry_auth(type_: str, name: str, inputs: Mapping[str, Any]) -> Iterator[str
             yield "route has authorizationType NONE; attach an authorizer (HTTP APIs have no API keys)"
     # aws:lambda/functionUrl:FunctionUrl: auth NONE is judged with its function, in function_url_auth.
     elif type_ == "aws:lambda/permission:Permission":
-        if inputs.get("principal") == "*":
+        # "*" only through the function's URL is what a URL with auth NONE needs (Lambda Developer Guide,
+        # urls-auth); whether that URL may be public is judged with its function, in function_url_auth.
+        if inputs.get("principal") == "*" and not _through_function_url_only(inputs):
             yield "lets any principal ('*') invoke the function; name the service principal and sourceArn"
     elif type_ == "aws:ec2/securityGroup:SecurityGroup":
         for index, rule in enumerate(as_list(inputs.get("ingress"))):
@@ -243,6 +245,14 @@ def _is_function_of(function: Node, reference: str) -> bool:
     """FunctionUrl.functionName names the function by name or ARN (optionally with a qualifier)."""
     known = [str(v) for v in (function.props.get("name"), function.props.get("arn")) if v]
     return any(reference == v or reference.startswith(f"{v}:") for v in known)
+
+
+def _through_function_url_only(inputs: Mapping[str, Any]) -> bool:
+    """lambda:InvokeFunctionUrl with FunctionUrlAuthType NONE, or lambda:InvokeFunction with
+    InvokedViaFunctionUrl: grants usable only through the function's URL."""
+    action = str(inputs.get("action", ""))
+    return (action == "lambda:InvokeFunctionUrl" and str(inputs.get("functionUrlAuthType", "")).upper() == "NONE") or (
+        action == "lambda:InvokeFunction" and truthy(inputs.get("invokedViaFunctionUrl")))
 
 
 def function_url_auth(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
