@@ -341,7 +341,7 @@ def _check_auth_script(host: VllmHost) -> str:
     return f"""\
 #!/bin/bash
 # Fail closed: once vLLM is up, a request without the key must be refused, and the front must refuse
-# /invocations (vLLM's --api-key guards /v1/* only: /invocations runs chat completions for anyone).
+# /invocations (vLLM's API key check covers /v1/* only: /invocations runs chat completions for anyone).
 # The LLMINFER_* overrides exist for the tests, which run this script against local fakes.
 limit=${{1:-3600}}
 engine=${{LLMINFER_ENGINE:-{engine}}}

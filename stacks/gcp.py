@@ -34,6 +34,8 @@ CONFIG_KEYS = {
     "pods_cidr": "gkePodsCidr",
     "services_cidr": "gkeServicesCidr",
     "api_source_ranges": "gkeApiSourceRanges",
+    "maintenance_recurrence": "gkeMaintenanceRecurrence",
+    "maintenance_window_utc": "gkeMaintenanceWindowUtc",
     # VllmKubernetes
     "image": "gkeVllmImageTag",
     "model_id": "modelId",
@@ -52,6 +54,7 @@ CONFIG_KEYS = {
     "scale_down_stabilization_seconds": "gkeScaleDownStabilizationSeconds",
     "hardened": "gkeHardenedPod",
     "adapter_image": "gkeMetricsAdapterImage",
+    "front_image": "caddyImage",
     "hf_token": "hfToken",
 }
 GCP_KEYS = {"project": "project", "region": "region", "zone": "zone"}
@@ -158,6 +161,11 @@ def build() -> dict[str, Any]:
             f"run `pulumi config set --path '{cfg.key('gkeServiceSourceRanges')}[0]' 203.0.113.0/24` "
             "(0.0.0.0/0 admits anyone holding the API key)",
         )
+    if "0.0.0.0/0" in service_source_ranges:
+        pulumi.log.warn(
+            f"{cfg.key('gkeServiceSourceRanges')} opens the endpoint to the whole Internet, in clear HTTP; "
+            "only the API key guards it"
+        )
     price = hourly_price(cfg, machine.name, region)
     # The cost guard (optional: budgetMonthlyUsd 0 creates none), checked before anything is created.
     budget_args = budget_args_from_config(cfg, "gcp", tags=tags)
@@ -183,6 +191,8 @@ def build() -> dict[str, Any]:
             pods_cidr=cfg.text("gkePodsCidr"),
             services_cidr=cfg.text("gkeServicesCidr"),
             api_source_ranges=tuple(cfg.strings("gkeApiSourceRanges")),
+            maintenance_recurrence=cfg.text("gkeMaintenanceRecurrence", allow_empty=True),
+            maintenance_window_utc=cfg.text("gkeMaintenanceWindowUtc"),
             labels=tags,
         )
         workload_args = VllmKubernetesArgs(
@@ -209,6 +219,7 @@ def build() -> dict[str, Any]:
             scale_down_stabilization_seconds=cfg.integer("gkeScaleDownStabilizationSeconds"),
             hardened=cfg.boolean("gkeHardenedPod"),
             adapter_image=cfg.text("gkeMetricsAdapterImage"),
+            front_image=cfg.text("caddyImage"),
             labels=tags,
         )
         # The model must fit the node's GPUs (weights + one max-length sequence of KV cache, at the vLLM

@@ -16,6 +16,7 @@ import yaml
 from stacks.config import ConfigError
 from tests.pulumi_harness import (
     DUMMY_SECRET,
+    ROOT,
     Secret,
     StackRun,
     refused_stack,
@@ -342,7 +343,7 @@ def test_tls_serves_https_on_443_for_the_fqdn():
     assert sources(acme) == {"Internet"}
     files = written_files(run)
     assert f"{FQDN} {{" in files["/etc/llminfer/Caddyfile"]
-    assert "-p 127.0.0.1:8000:8000" in files["/usr/local/sbin/llminfer-run-vllm"]
+    assert "-p 127.0.0.1:18000:8000" in files["/usr/local/sbin/llminfer-run-vllm"]
 
 
 def test_tls_with_a_custom_domain():
@@ -455,3 +456,16 @@ def test_a_bad_fit_check_quantization_is_refused_naming_the_key():
     assert err.key == "llm-inference:fitCheckQuantization"
     assert "llm-inference:fitCheckQuantization='int3': is not one of: fp16" in str(err)
     assert run.resources == []
+
+
+def test_docs_say_what_real_azure_deploys_need():
+    docs = (ROOT / "docs" / "azure.md").read_text()
+    for needed in ("Owner", "User Access Administrator", "az vm start", "PropertyChangeNotAllowed",
+                   "securityType: Standard", "apt-mark unhold", "/invocations"):  # fmt: skip
+        assert needed in docs, needed
+
+
+def test_the_front_serves_the_api_port_and_vllm_only_loopback(run):
+    files = written_files(run)
+    assert "http://:8000 {" in files["/etc/llminfer/Caddyfile"]
+    assert "-p 127.0.0.1:18000:8000" in files["/usr/local/sbin/llminfer-run-vllm"]

@@ -77,6 +77,7 @@ def test_whole_graph(gcp):
         "kubernetes:apiregistration.k8s.io/v1:APIService": 2,
         "kubernetes:apps/v1:Deployment": 2,
         "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": 1,
+        "kubernetes:core/v1:ConfigMap": 1,  # the front's Caddyfile
         "kubernetes:core/v1:Namespace": 2,
         "kubernetes:core/v1:Secret": 1,
         "kubernetes:core/v1:Service": 2,
@@ -151,13 +152,13 @@ def test_iam_grants_only_the_node_role_and_the_adapters_monitoring_read(gcp):
 
 def test_deployment_serves_the_model_on_one_gpu_behind_the_key(gcp):
     pod = _pod(gcp)
-    (container,) = pod["containers"]
+    container, _front = pod["containers"]
     assert container["image"] == "vllm/vllm-openai:v0.8.4"
     argv = container["args"]
     pairs = dict(zip(argv[::2], argv[1::2], strict=False))
     assert pairs == {
         "--model": "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4",
-        "--host": "0.0.0.0",
+        "--host": "127.0.0.1",
         "--port": "8000",
         "--max-model-len": "8192",
         "--max-num-seqs": "64",
@@ -177,7 +178,8 @@ def test_deployment_serves_the_model_on_one_gpu_behind_the_key(gcp):
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}
+        # vLLM is on the pod's loopback: exec probes inside its container, not kubelet HTTP to the pod IP.
+        assert "http://127.0.0.1:8000/health" in container[probe]["exec"]["command"][2]
     assert container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"] >= 1800
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -203,7 +205,8 @@ def test_service_is_a_load_balancer_on_the_reserved_ip_open_to_the_configured_ra
     assert address.inputs["addressType"] == "EXTERNAL" and address.inputs["region"] == "us-central1"
     assert spec["type"] == "LoadBalancer"
     assert spec["loadBalancerIP"] == "203.0.113.10"
-    assert spec["loadBalancerSourceRanges"] == ["0.0.0.0/0"]
+    # The example opens nothing to the Internet: a documentation range the user replaces.
+    assert spec["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
     assert spec["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     narrowed = run_stack("gcp", {"gkeServiceSourceRanges": ["203.0.113.0/24", "198.51.100.7/32"]})
     assert narrowed.named("vllm-service").inputs["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24", "198.51.100.7/32"]
@@ -249,6 +252,9 @@ def test_regional_spot_stack_with_price_override_and_hf_token():
         ({"gkeAcceleratorType": "nvidia-tesla-t4"}, "llm-inference:gkeAcceleratorType", "nvidia-l4"),
         ({"gkeServiceSourceRanges": ["10.0.0.0/33"]}, "llm-inference:gkeServiceSourceRanges", "not an IPv4 CIDR"),
         ({"gkeServiceSourceRanges": []}, "llm-inference:gkeServiceSourceRanges", "names no CIDR"),
+        ({"gkeServiceSourceRanges": None}, "llm-inference:gkeServiceSourceRanges", "is missing"),
+        ({"gkeMaintenanceWindowUtc": "03:00-05:00"}, "llm-inference:gkeMaintenanceWindowUtc", "4 hours"),
+        ({"gkeMaintenanceRecurrence": "weekends"}, "llm-inference:gkeMaintenanceRecurrence", "RRULE"),
         ({"gkeApiSourceRanges": ["nonsense"]}, "llm-inference:gkeApiSourceRanges", "not an IPv4 CIDR"),
         ({"gkeServicesCidr": "10.4.0.0/20"}, "llm-inference:gkeServicesCidr", "overlaps"),
         ({"gkeSubnetCidr": "10.0.0.300/20"}, "llm-inference:gkeSubnetCidr", "not an IPv4 CIDR"),
@@ -413,7 +419,7 @@ def test_pod_monitoring_is_well_formed_and_scrapes_the_vllm_pods(gcp):
     monitoring = _by_kind(docs, "PodMonitoring", "vllm")
     jsonschema.validate(monitoring, POD_MONITORING_SCHEMA)
     template = _by_kind(docs, "Deployment", "vllm")["spec"]["template"]
-    ports = {p["name"] for c in template["spec"]["containers"] for p in c["ports"]}
+    ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
     for endpoint in monitoring["spec"]["endpoints"]:
         assert endpoint["port"] in ports
         assert endpoint["path"] == "/metrics"
@@ -439,7 +445,7 @@ def test_selectors_pick_the_vllm_pods(gcp):
     assert selects(_by_kind(docs, "PodMonitoring", "vllm")["spec"]["selector"]["matchLabels"])
     assert _by_kind(docs, "Service", "vllm")["spec"]["ports"][0]["targetPort"] == "http"
     policy_ports = _by_kind(docs, "NetworkPolicy", "vllm")["spec"]["ingress"][0]["ports"]
-    assert policy_ports == [{"port": 8000, "protocol": "TCP"}]
+    assert policy_ports == [{"port": 8080, "protocol": "TCP"}]  # the front; vLLM is on loopback
 
 
 # --------------------------------------------------------------------------------- checkov
@@ -540,7 +546,7 @@ def test_the_fit_check_reads_gke_quantization():
     assert err.key == "llm-inference:maxModelLen" and "llama-3.1-8b fp16" in str(err)
     assert run.resources == []
     fits = run_stack("gcp", {"modelId": FP16_8B, "maxModelLen": 65536, "gkeQuantization": "fp8"})
-    (container,) = _pod(fits)["containers"]
+    container, _front = _pod(fits)["containers"]
     argv = container["args"]
     assert argv[argv.index("--quantization") + 1] == "fp8" and argv[argv.index("--model") + 1] == FP16_8B
 
@@ -559,3 +565,34 @@ def test_a_bad_fit_check_quantization_is_refused_naming_the_key():
     assert err.key == "llm-inference:fitCheckQuantization"
     assert "llm-inference:fitCheckQuantization='int3': is not one of: fp16" in str(err)
     assert run.resources == []
+
+
+# ------------------------------------------------------------------------ the front, GKE operations
+
+
+def test_the_example_opens_nothing_to_the_internet():
+    example = yaml.safe_load((ROOT / "Pulumi.gcp.yaml").read_text())["config"]
+    assert "0.0.0.0/0" not in example["llm-inference:gkeServiceSourceRanges"]
+
+
+def test_the_pods_put_the_front_before_vllm_with_the_configured_image(gcp):
+    pod = gcp.named("vllm-deployment").inputs["spec"]["template"]["spec"]
+    vllm, front = pod["containers"]
+    assert vllm["args"][vllm["args"].index("--host") + 1] == "127.0.0.1"
+    assert front["name"] == "front" and front["image"] == "caddy:2.10"
+    assert gcp.named("vllm-front-config").inputs["data"]["Caddyfile"].count("reverse_proxy 127.0.0.1:8000") == 3
+    custom = run_stack("gcp", {"caddyImage": "caddy:2.10.2"}).named("vllm-deployment")
+    assert custom.inputs["spec"]["template"]["spec"]["containers"][1]["image"] == "caddy:2.10.2"
+
+
+def test_the_cluster_has_the_configured_maintenance_window(gcp):
+    window = gcp.one("gcp:container/cluster:Cluster").inputs["maintenancePolicy"]["recurringWindow"]
+    assert window["recurrence"] == "FREQ=WEEKLY;BYDAY=SA,SU"
+    assert (window["startTime"], window["endTime"]) == ("2025-01-04T03:00:00Z", "2025-01-04T09:00:00Z")
+
+
+def test_docs_say_what_real_gcp_deploys_need():
+    docs = (ROOT / "docs" / "gcp.md").read_text()
+    for needed in ("GPUS_ALL_REGIONS", "billingbudgets.googleapis.com", "set-quota-project",
+                   "gcp:userProjectOverride", "One replica", "maintenance exclusion"):  # fmt: skip
+        assert needed in docs, needed
