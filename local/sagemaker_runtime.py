@@ -12,6 +12,8 @@ What answers behind an endpoint name is a backend:
   (`synthetic_reply`, a fake engine that honours `max_tokens` and `stream_options.include_usage`).
 - `Forward`: relays to any OpenAI-compatible server (llama.cpp, vLLM), turning its SSE into LMI-style
   JSON lines (one `chat.completion.chunk` per line, no `data: ` prefix, no `[DONE]`).
+- `LmiVllm`: the LMI v15 model server in front of a real vLLM started from the Model's container
+  environment (`local/lmi.py`): LMI's request handling, served name, stream format and error shapes.
 
 In-process: `with SageMakerRuntimeEmulator({"llm": Forward("http://127.0.0.1:8080/v1")}) as emu: ...`.
 CLI: `python -m local.sagemaker_runtime --forward http://127.0.0.1:8080/v1 --port 8081`.
@@ -356,16 +358,16 @@ class Forward:
         if self._session is not None:
             await self._session.close()
 
-    async def _post(self, body: bytes):
+    async def _post(self, body: bytes, path: str = "/chat/completions"):
         try:
             try:
-                response = await self._send(body)
+                response = await self._send(body, path)
             except ClientError as err:
                 # A pooled keep-alive connection the model server was closing (llama.cpp and uvicorn
                 # close idle ones after 5 s): send once more on a new connection. Refusals are real.
                 if not closed_under_us(err):
                     raise
-                response = await self._send(body)
+                response = await self._send(body, path)
         except (ClientError, OSError) as err:
             raise ServiceError.service_unavailable(
                 f"the model server at {self.base_url} does not answer ({type(err).__name__}: {err})"
@@ -373,14 +375,18 @@ class Forward:
         if response.status != 200:
             text = (await response.text())[:2000]
             response.release()
-            if response.status == 503:
-                raise ServiceError.model_not_ready(f"the model server is not ready: {text}")
-            raise ServiceError.model_error(response.status, text)
+            self._refuse(response.status, text)
         return response
 
-    def _send(self, body: bytes):
+    @staticmethod
+    def _refuse(status: int, text: str) -> None:
+        if status == 503:
+            raise ServiceError.model_not_ready(f"the model server is not ready: {text}")
+        raise ServiceError.model_error(status, text)
+
+    def _send(self, body: bytes, path: str):
         return self._client().post(
-            f"{self.base_url}/chat/completions", data=body, headers={**self._headers, "Content-Type": "application/json"}
+            f"{self.base_url}{path}", data=body, headers={**self._headers, "Content-Type": "application/json"}
         )
 
     async def open_stream(self, body: bytes) -> AsyncIterator[bytes]:
@@ -414,6 +420,94 @@ class Forward:
             return await response.read(), response.headers.get("Content-Type", "application/json")
         finally:
             response.release()
+
+
+class LmiVllm(Forward):
+    """The model server of the LMI v15 image in front of a real vLLM server (see `local/lmi.py`).
+
+    Request handling as `djl_python/lmi_vllm/vllm_async_service.py` (djl-serving 0.33.0-dlc) does it: a body
+    without `model` gets the served name; `messages` goes to chat completions, `prompt` to completions;
+    anything else is refused with 424 "Input parsing failed". Output as LMI writes it: a stream of JSON lines
+    (`data: ` cut, `[DONE]` as a last empty line), whatever `stream` the caller asked for (no forcing), and an
+    engine error as HTTP `code` with `{"code": N, "error": message}` (Request.java), which SageMaker hands
+    the caller as ModelError with that OriginalStatusCode. The TGI schema (`inputs`) is not emulated: such a
+    request is refused with 424 saying so, never answered with something LMI would not send.
+    """
+
+    def __init__(self, base_url: str, served_name: str, **kwargs: Any):
+        super().__init__(base_url, **kwargs)
+        self.served_name = served_name
+
+    def _route(self, body: bytes) -> tuple[str, bytes]:
+        try:
+            payload = json.loads(body)
+            if not isinstance(payload, dict):
+                raise ValueError("the payload is not a JSON object")
+        except ValueError as err:
+            raise ServiceError.model_error(424, _lmi_error(424, f"Input parsing failed: {err}")) from None
+        if "model" not in payload:
+            payload["model"] = self.served_name
+        if "prompt" in payload:
+            path = "/completions"
+        elif "inputs" in payload:
+            raise ServiceError.model_error(424, _lmi_error(424, "Input parsing failed: the TGI schema is not emulated locally"))
+        elif "messages" in payload:
+            path = "/chat/completions"
+        else:
+            raise ServiceError.model_error(
+                424, _lmi_error(424, "Input parsing failed: invalid payload. must contain prompt, inputs, or messages")
+            )
+        return path, json.dumps(payload).encode()
+
+    @staticmethod
+    def _refuse(status: int, text: str) -> None:
+        raise ServiceError.model_error(status, _lmi_error(status, _engine_message(text)))
+
+    async def _lmi_post(self, body: bytes):
+        path, payload = self._route(body)
+        return await self._post(payload, path)
+
+    async def open_stream(self, body: bytes) -> AsyncIterator[bytes]:
+        response = await self._lmi_post(body)
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return self._whole(response)
+        return self._lmi_relay(response)
+
+    @staticmethod
+    async def _whole(response) -> AsyncIterator[bytes]:
+        try:
+            yield (await response.read()).strip() + b"\n"
+        finally:
+            response.release()
+
+    async def _lmi_relay(self, response) -> AsyncIterator[bytes]:
+        async for line in self._relay(response):
+            yield line
+        yield b"\n"  # vllm_stream_output_formatter: [DONE] -> "" as the last chunk, plus the newline
+
+    async def invoke(self, body: bytes) -> tuple[bytes, str]:
+        response = await self._lmi_post(body)
+        try:
+            return (await response.read()).strip() + b"\n", "application/json"
+        finally:
+            response.release()
+
+
+def _engine_message(text: str) -> str:
+    """The message of a vLLM ErrorResponse: `{"error": {"message": ...}}` (0.9+) or `{"message": ...}` (0.8)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(parsed, dict):
+        inner = parsed.get("error") if isinstance(parsed.get("error"), dict) else parsed
+        if isinstance(inner.get("message"), str):
+            return inner["message"]
+    return text
+
+
+def _lmi_error(code: int, message: str) -> str:
+    return json.dumps({"code": code, "error": message})
 
 
 # --- the server ------------------------------------------------------------------------------------
