@@ -22,6 +22,7 @@ import orjson
 
 from bench.config import BenchConfig, Level, split_level
 from bench.stats import LevelStats
+from bench.target import server_identity
 from bench.workers import WorkerError, WorkerPool
 
 MIN_REQUESTS_FOR_ERROR_RATE = 20
@@ -76,7 +77,8 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     run_tag = uuid.uuid4().hex[:8]
     summary = {
-        "target": {"url": cfg.base_url, "endpoint": cfg.url, "model": cfg.model, "label": cfg.label},
+        "target": {"url": cfg.base_url, "endpoint": cfg.url, "model": cfg.model, "label": cfg.label,
+                   "server": server_identity(cfg.base_url, None if cfg.sigv4 else cfg.api_key)},
         "config": cfg.public(),
         "client": _client_info(),
         "run_id": run_tag,
@@ -88,10 +90,12 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
     log = RequestLog(out / "requests.jsonl")
     pool = WorkerPool(cfg.workers, cfg.worker_config(run_tag))
     status = "complete"
+    current: list[LevelStats] = []  # the level being measured, so a failure keeps its partial figures
     try:
         pool.start()
         for level in cfg.levels():
-            stats, level_status = _run_level(cfg, level, pool, log, display)
+            stats, level_status = _run_level(cfg, level, pool, log, display, current)
+            current.clear()
             summary["levels"].append(stats.summary())
             write_json(out / "summary.json", summary)
             if level_status != "complete":
@@ -102,12 +106,25 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
         summary["error"] = str(exc)
     except KeyboardInterrupt:  # a second Ctrl-C while draining
         status = "interrupted"
+    except Exception as exc:  # a bug or a full disk in this process: keep what was measured, then raise
+        status = "crashed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        pool.close()
-        log.close()
-    summary["status"] = status
-    summary["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    write_json(out / "summary.json", summary)
+        try:
+            pool.close()
+        finally:
+            log.close()
+            if current:  # the level that was running when it stopped: its records so far
+                partial = current[0]
+                partial.stopped_early = partial.stopped_early or f"run stopped: {status}"
+                try:
+                    summary["levels"].append(partial.summary())
+                except Exception as exc:  # the statistics themselves failed: requests.jsonl has the records
+                    summary["partial_level_error"] = f"{type(exc).__name__}: {exc}"
+            summary["status"] = status
+            summary["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            write_json(out / "summary.json", summary)
     return RunResult(summary, _exit_code(summary, status), out)
 
 
@@ -123,8 +140,10 @@ def _exit_code(summary: dict, status: str) -> int:
     return EXIT_OK
 
 
-def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog, display):
+def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog, display, current=None):
     stats = LevelStats(level.index, level.concurrency, level.rate, cfg.slo, cfg.total_price_per_hour)
+    if current is not None:
+        current.append(stats)
     start_at = perf_counter_ns() + 50_000_000  # every worker starts at the same instant
     pool.start_level(split_level(cfg, level, pool.size, start_at))
     if display is not None:
