@@ -148,8 +148,12 @@ def test_cost_arithmetic():
     assert planner.cost_per_1k_tokens(1.515, 900) == pytest.approx(1.515 / (900 * 3600) * 1000)
     assert planner.cost_per_1k_tokens(1.515, 900) == pytest.approx(0.000467593, rel=1e-6)
     e = planner.estimate(memory(), planner.Workload(512, 256, 8), price_per_hour=1.515)
-    assert e.cost_per_1k_tokens_usd == pytest.approx(1.515 / (e.output_tokens_per_s * 3600) * 1000)
-    assert e.cost_per_1m_tokens_usd == pytest.approx(1000 * e.cost_per_1k_tokens_usd)
+    # Literal figures (8 x 256 tokens in 2,824.18 ms = 725.17 tok/s; 1.515 / (725.17 x 3600) x 1000),
+    # not the estimate's own throughput fed back through the formula.
+    assert e.e2e_ms == pytest.approx(2824.18, rel=1e-5)
+    assert e.output_tokens_per_s == pytest.approx(725.166, rel=1e-5)
+    assert e.cost_per_1k_tokens_usd == pytest.approx(0.000580327, rel=1e-5)
+    assert e.cost_per_1m_tokens_usd == pytest.approx(0.580327, rel=1e-5)
     with pytest.raises(planner.PlanError):
         planner.cost_per_1k_tokens(1.5, 0)
 

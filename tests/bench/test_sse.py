@@ -125,3 +125,69 @@ def test_parse_completion():
     assert out.content_chars == 5 and out.completion_tokens == 2
     assert parse_completion(b"not json") is None
     assert parse_completion(b'{"x": 1}') is None
+
+
+# ----------------------------------------------- bare JSON lines (SageMaker LMI's stream) and read boundaries
+
+
+def jline(content=None, finish=None, usage=None):
+    obj = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+    if content is not None:
+        obj["choices"][0]["delta"]["content"] = content
+    if usage:
+        obj = {"object": "chat.completion.chunk", "choices": [], "usage": usage}
+    return orjson.dumps(obj) + b"\n"
+
+
+def test_json_lines_each_read_ending_exactly_at_a_line_end():
+    lines = [jline("a"), jline("bb"), jline("ccc"), jline(finish="stop"),
+             jline(usage={"prompt_tokens": 2, "completion_tokens": 3})]
+    body, marks = body_with_marks(list(zip(lines, [100, 200, 300, 400, 500], strict=True)))
+    assert [m[1] for m in marks] == [sum(map(len, lines[: i + 1])) for i in range(5)]  # boundaries at line ends
+    out = parse_stream(body, marks)
+    assert out.error_kind is None and out.finish_reason == "stop" and out.completion_tokens == 3
+    assert out.content_times_ns == [100, 200, 300]
+    assert out.content_reads == [0, 1, 2]
+    assert out.content_chars == 6 and out.events == 5
+
+
+def test_json_line_whose_newline_arrives_in_the_next_read_takes_that_reads_time():
+    # A bare JSON line is complete only with its newline: a read that stops just before it does not
+    # finish the event.
+    a, b = jline("a"), jline("b")
+    body, marks = body_with_marks([(a[:-1], 10), (a[-1:] + b, 20), (jline(finish="stop"), 30)])
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [20, 20] and out.content_reads == [1, 1]
+
+
+def test_json_lines_two_per_read_then_a_boundary_at_the_second_line_end():
+    a, b, c, d = jline("a"), jline("b"), jline("c"), jline(finish="stop")
+    body, marks = body_with_marks([(a + b, 5), (c, 7), (d, 9)])
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [5, 5, 7] and out.content_reads == [0, 0, 1]
+
+
+def test_json_line_split_mid_line_and_a_last_line_without_newline():
+    a, b = jline("a"), jline("b", finish="stop")
+    body, marks = body_with_marks([(a[:7], 1), (a[7:], 2), (b[:-1], 3)])  # the stream ends without "\n"
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [2, 3] and out.content_reads == [1, 2]
+    assert out.finish_reason == "stop" and out.error_kind is None
+
+
+def test_sse_event_whose_blank_line_arrives_later_keeps_the_time_of_its_data_line():
+    # An SSE event's time is when its data line completed, not when the separating blank line came.
+    first = chunk("x")  # b"data: {...}\n\n"
+    body, marks = body_with_marks([(first[:-1], 40), (first[-1:], 90), (chunk(finish="stop"), 95)])
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [40] and out.content_reads == [0]
+
+
+def test_stamps_follow_marks_that_repeat_a_byte_count():
+    # Two marks with the same byte count (a read that returned nothing new): the first one that
+    # covers the event is its time.
+    a, b = jline("a"), jline("b")
+    body = a + b + jline(finish="stop")
+    marks = [(10, len(a)), (15, len(a)), (20, len(body))]
+    out = parse_stream(body, marks)
+    assert out.content_times_ns == [10, 20] and out.content_reads == [0, 2]

@@ -25,15 +25,57 @@ def failed(kind, start=0.0, end=0.5):
             "end_s": end, "client_lag_ms": 0.2}
 
 
-def test_sample_matches_numpy_exactly_below_the_limit():
-    rng = random.Random(1)
-    values = [rng.lognormvariate(3, 1) for _ in range(1000)]
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        # Linear interpolation between order statistics (numpy's default), worked out by hand:
+        # p90 of 10..50 sits at rank 0.9 x 4 = 3.6, i.e. 40 + 0.6 x 10 = 46.
+        ([50, 10, 40, 20, 30], {"mean": 30.0, "p50": 30.0, "p90": 46.0, "p95": 48.0, "p99": 49.6,
+                                "max": 50, "min": 10, "n": 5}),
+        (list(range(10, 0, -1)), {"mean": 5.5, "p50": 5.5, "p90": 9.1, "p95": 9.55, "p99": 9.91,
+                                  "max": 10, "min": 1, "n": 10}),
+        ([3.0, 1.0, 2.0], {"mean": 2.0, "p50": 2.0, "p90": 2.8, "p95": 2.9, "p99": 2.98,
+                           "max": 3.0, "min": 1.0, "n": 3}),
+        ([7.25], {"mean": 7.25, "p50": 7.25, "p90": 7.25, "p95": 7.25, "p99": 7.25, "max": 7.25, "min": 7.25,
+                  "n": 1}),
+        ([1.0004, 2.0], {"mean": 1.5, "p50": 1.5, "p90": 1.9, "p95": 1.95, "p99": 1.99, "max": 2.0,
+                         "min": 1.0, "n": 2}),  # rounded to 3 digits
+    ],
+)
+def test_sample_percentiles_on_literal_samples(values, expected):
     s = Sample()
     s.extend(values)
+    assert s.summary() == expected
+
+
+def test_sample_percentile_extremes_and_empty():
+    s = Sample()
+    assert s.percentile(50) is None
+    assert s.summary() == {"mean": None, "p50": None, "p90": None, "p95": None, "p99": None, "max": None,
+                           "min": None, "n": 0}
+    assert s.cdf() == ([], [])
+    s.extend([4.0, 1.0, 3.0, 2.0])
+    assert (s.percentile(0), s.percentile(25), s.percentile(100)) == (1.0, 1.75, 4.0)
+    values, fractions = s.cdf(points=3)
+    assert values == [1.0, 2.5, 4.0] and fractions == [0.0, 0.5, 1.0]
+
+
+def test_histogram_percentiles_on_a_literal_sample(monkeypatch):
+    monkeypatch.setattr(stats, "EXACT_LIMIT", 3)
+    s = Sample()
+    s.extend([10.0] * 50 + [1000.0] * 50)
+    assert s.values is None and s.count == 100
+    # Ranks 0..49 hold 10, 50..99 hold 1000: each percentile is its rank's bucket, within 0.1 %.
+    assert s.percentile(0) == pytest.approx(10, rel=1e-3) and s.percentile(49) == pytest.approx(10, rel=1e-3)
+    assert s.percentile(51) == pytest.approx(1000, rel=1e-3)
+    assert s.percentile(99) == pytest.approx(1000, rel=1e-3) and s.percentile(100) <= 1000
     summary = s.summary()
-    for key, q in stats.QUANTILES.items():
-        assert summary[key] == round(float(np.percentile(values, q)), 3)
-    assert summary["max"] == round(max(values), 3) and summary["n"] == 1000
+    assert (summary["mean"], summary["max"], summary["min"], summary["n"]) == (505.0, 1000.0, 10.0, 100)
+    assert summary["p50"] == pytest.approx(10, rel=1e-3) and summary["p90"] == pytest.approx(1000, rel=1e-3)
+    # Values at or below 1 µs share one bucket and read back as 0 clipped to the minimum.
+    tiny = Sample()
+    tiny.extend([0.0, 0.0005, 0.0001, 0.0002])
+    assert tiny.values is None and tiny.percentile(50) == 0.0
 
 
 def test_sample_folds_into_histogram_within_resolution(monkeypatch):
@@ -63,8 +105,8 @@ def test_errors_are_counted_and_kept_out_of_latency_and_goodput():
     assert s["request_throughput_rps"] == 1.0
     assert s["output_tokens"] == 22 and s["output_throughput_tok_s"] == 11.0
     assert s["goodput_rps"] == 0.5 and s["slo_attainment"] == 0.25
-    # $3.6/h at 11 tok/s: 3.6 / (11 * 3600) * 1000
-    assert s["cost_per_1k_tokens_usd"] == pytest.approx(3.6 / (11 * 3600) * 1000, rel=1e-4)
+    # $3.6/h at 11 tok/s: 3.6 / (11 x 3600) x 1000 = 0.090909 per 1k tokens
+    assert s["cost_per_1k_tokens_usd"] == 0.090909 and s["cost_per_1m_tokens_usd"] == 90.9091
     assert s["itl_ms"]["n"] == 10 and s["tpot_ms"]["p50"] == pytest.approx(((450 / 10) + 45) / 2)
 
 
