@@ -99,3 +99,37 @@ def discover_model(base_url: str, headers: dict, timeout_s: float = 15.0) -> str
         return str(data[0]["id"])
     except (ValueError, KeyError, IndexError, TypeError):
         raise UsageError(f"{url} did not return an OpenAI model list{hint}") from None
+
+
+SERVER_PROBE_TIMEOUT_S = 5.0
+
+
+def server_identity(base_url: str, api_key: str | None = None) -> dict | None:
+    """What the server says it is, from its own answer: vLLM's `GET /version` ({"version": ...}) or llama.cpp's
+    `GET /props` ({"build_info": "b<N>-<commit>"}), both at the server's root (the base URL less `/v1`).
+    None when neither answers (a gateway or a front that serves only `/v1/*`): unknown, never guessed."""
+    import httpx
+
+    root = base_url.rstrip("/").removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.Client(timeout=SERVER_PROBE_TIMEOUT_S, trust_env=False, headers=headers) as client:
+            answer = _json_or_none(client, f"{root}/version")
+            if isinstance(answer, dict) and isinstance(answer.get("version"), str):
+                return {"engine": "vllm", "version": answer["version"]}
+            answer = _json_or_none(client, f"{root}/props")
+            if isinstance(answer, dict) and isinstance(answer.get("build_info"), str):
+                return {"engine": "llama.cpp", "version": answer["build_info"]}
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+def _json_or_none(client, url: str):
+    response = client.get(url)
+    if response.status_code != 200:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
