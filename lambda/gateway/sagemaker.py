@@ -57,12 +57,18 @@ def runtime_client(settings: Settings):
 class StreamFailure(Exception):
     """The endpoint's stream failed after it started (ModelStreamError, InternalStreamFailure, a cut)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, *, timed_out: bool = False):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.timed_out = timed_out
 
     def gateway_error(self) -> GatewayError:
+        if self.timed_out:
+            # The endpoint went quiet for longer than the read timeout (often before its first byte:
+            # SageMaker accepts the call, then the model is slow): a timeout, not a broken stream.
+            return GatewayError(504, f"the endpoint stopped sending: {self.message}", type="server_error",
+                                code="upstream_timeout")
         return GatewayError(
             502,
             f"the model's stream failed mid-way ({self.code}): {self.message}",
@@ -165,10 +171,15 @@ def _shutdown_socket(event_stream: Any) -> None:
 
 
 def stream_failure(err: Exception) -> StreamFailure:
+    from botocore.exceptions import ReadTimeoutError
+    from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout  # what iterating the body raises
+
     response = getattr(err, "response", None)
     if isinstance(response, dict) and "Error" in response:
         error = response["Error"]
         return StreamFailure(error.get("Code") or "StreamError", error.get("Message") or str(err))
+    if isinstance(err, ReadTimeoutError | Urllib3ReadTimeout | TimeoutError):
+        return StreamFailure("ReadTimeout", f"no byte within the read timeout ({err})", timed_out=True)
     return StreamFailure("StreamBroken", f"the connection to SageMaker broke: {type(err).__name__}: {err}")
 
 
