@@ -50,8 +50,9 @@ engine: install
 test: install checkov engine vllm
 	$(PY) -m pytest
 
-# The local end-to-end run: llama-server + emulator + gateway, benchmarked directly and through the gateway.
-demo: engine vllm
+# The local end-to-end run: vLLM (as the aws stack deploys it) + emulator + gateway, benchmarked directly and through
+# the gateway, then the llama.cpp baseline when it is built (`make engine`; DEMO_ARGS="--baseline always" builds it).
+demo: install vllm
 	$(PY) -m local.demo $(DEMO_ARGS)
 
 lint: install

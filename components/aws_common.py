@@ -24,9 +24,12 @@ LOG_RETENTION_DAYS = (
 
 @cache
 def _service_model(service: str):
-    import botocore.session
+    # The loader reads only botocore's bundled models: a session would also read the AWS config, and fail
+    # for an AWS_PROFILE this machine does not have.
+    from botocore.loaders import create_loader
+    from botocore.model import ServiceModel
 
-    return botocore.session.get_session().get_service_model(service)
+    return ServiceModel(create_loader().load_service_model(service, "service-2"), service_name=service)
 
 
 @cache

@@ -1,12 +1,18 @@
 """The local demo: the whole AWS data path on this machine, measured (`make demo` / `python -m local.demo`).
 
     bench -> gateway app (uvicorn, the Lambda's Starlette app) -> boto3 InvokeEndpointWithResponseStream
-          -> SageMaker-runtime emulator (real event-stream wire format) -> llama-server (random-weight Llama)
+          -> SageMaker-runtime emulator (real event-stream wire format) -> LMI's model server (local/lmi.py)
+          -> vLLM (CPU build) started from the aws stack's rendered Model environment
 
-It builds llama-server (cached outside the clone), writes the model (cached), starts the engine, the
-emulator and the gateway on free loopback ports, runs the bench at a few concurrency levels against the
-engine directly and through the gateway, writes `<out>/local-direct/`, `<out>/local-gateway/` and
-`<out>/comparison/`, prints what the gateway adds, and stops everything it started (also on Ctrl-C or
+What runs is what `pulumi up -s aws` deploys: the aws stack's program runs under Pulumi mocks
+(`stacks/rendered.py`), and the engine starts from its SageMaker Model's container environment, mapped to
+vLLM engine arguments as LMI does; the gateway gets the Lambda function's environment. Only the model (a
+random-weight Llama 3 with the real tokenizer), the ports, the GPU count and the KV cache size differ.
+
+It benches vLLM directly and through the gateway, then the llama.cpp baseline (`llama-server`, the seeds'
+local baseline) when it is built (`make engine`, ~9 minutes on 2 cores; `--baseline always` builds it,
+`--baseline never` leaves it out), writes `<out>/vllm-direct/`, `<out>/vllm-gateway/`, `<out>/llamacpp/`
+and `<out>/comparison/`, prints what the gateway adds, and stops everything it started (also on Ctrl-C or
 failure). Every process gets its own log under `<out>/logs/`.
 
 The gateway and the emulator run as processes of their own, as they do in the cloud: sharing the bench
@@ -32,9 +38,10 @@ from local.engine import EngineBuild, LlamaServer, ServerOptions, free_port, req
 from local.model import SIZES
 
 ROOT = Path(__file__).resolve().parent.parent
-ENDPOINT_NAME = "local-llm"
-MODEL_ALIAS = "local-llama"
-LABELS = ("local-direct", "local-gateway")
+MODEL_ALIAS = "local-llama"  # the llama.cpp baseline's model name
+LABELS = ("vllm-direct", "vllm-gateway")
+BASELINE_LABEL = "llamacpp"
+BASELINES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,13 @@ class DemoOptions:
     emulator_port: int = 0
     gateway_port: int = 0
     ready_timeout_s: float = 120.0
+    vllm_ready_timeout_s: float = 900.0
+    baseline: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.baseline not in BASELINES:
+            raise LocalSetupError(f"--baseline {self.baseline!r}: choose one of {', '.join(BASELINES)}")
         if self.size not in SIZES:
             raise LocalSetupError(f"--size {self.size!r}: choose one of {', '.join(sorted(SIZES))}")
         for name in ("requests", "max_tokens", "prompt_tokens", "parallel", "threads"):
@@ -81,6 +92,7 @@ class DemoResult:
     comparison: Path
     exit_code: int
     gateway_metric_lines: int
+    baseline: Path | None = None
 
 
 # --------------------------------------------------------------------------------- child processes
@@ -112,20 +124,16 @@ def child_process(argv: Sequence[str], log_path: Path, env: dict[str, str] | Non
                 process.wait()
 
 
-def gateway_environment(emulator_url: str, api_key: str) -> dict[str, str]:
-    """What the Lambda gets from the gateway component, pointed at the emulator; dummy AWS credentials."""
+def gateway_environment(lambda_environment: dict[str, str], emulator_url: str, api_key: str) -> dict[str, str]:
+    """The Lambda function's environment as the aws stack sets it, pointed at the emulator, with the key the
+    app checks itself (as in function-URL mode; behind API Gateway the usage plan checks it) and dummy AWS
+    credentials."""
     from gateway.settings import Settings  # lambda/ is on sys.path (see _lambda_on_path)
 
-    settings = Settings(
-        endpoint_name=ENDPOINT_NAME,
-        region="us-east-1",
-        model_id=MODEL_ALIAS,
-        sagemaker_endpoint_url=emulator_url,
-        api_key=api_key,
-        read_timeout_seconds=120.0,
-    )
+    variables = {**lambda_environment, "GATEWAY_SAGEMAKER_ENDPOINT_URL": emulator_url, "GATEWAY_API_KEY": api_key}
+    Settings.from_env(variables)  # refuses here what the app would refuse at start
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GATEWAY_"))}
-    env.update(settings.environment())
+    env.update({k: v for k, v in variables.items() if k.startswith("GATEWAY_")})
     env.update({
         "PYTHONPATH": os.pathsep.join([str(ROOT / "lambda"), str(ROOT)]),
         "AWS_ACCESS_KEY_ID": "local",
@@ -144,9 +152,10 @@ def _lambda_on_path() -> None:
 # ------------------------------------------------------------------------------------------- the run
 
 
-def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | None = None) -> list[str]:
+def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | None = None,
+               model: str = MODEL_ALIAS) -> list[str]:
     argv = [
-        url, "--model", MODEL_ALIAS,
+        url, "--model", model,
         "--concurrency", options.concurrency,
         "--requests", str(options.requests),
         "--max-tokens", str(options.max_tokens),
@@ -161,50 +170,49 @@ def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | Non
 
 
 def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=None) -> DemoResult:
-    """Start engine, emulator and gateway, bench both paths, compare; stop everything on the way out."""
+    """Start vLLM, emulator and gateway, bench both paths, then the llama.cpp baseline; compare; stop all."""
     import bench
-    from local.engine import build_with_progress
-    from local.model import ensure_model
+    from local.deployed import aws_lmi_environment, gateway_lambda_environment
+    from local.vllm_engine import VllmServer, vllm_python
+    from stacks.rendered import run_stack
 
     _lambda_on_path()
     out = options.out
     logs = out / "logs"
     # Ports first: a port in use is the user's to fix before a long build starts.
-    engine_port = _port(options.engine_port, "llama-server")
+    engine_port = _port(options.engine_port, "vLLM")
     emulator_port = _port(options.emulator_port, "the SageMaker-runtime emulator")
     gateway_port = _port(options.gateway_port, "the gateway")
+    vllm_python()  # not installed: say so before anything starts
+    baseline_binary = _baseline_binary(options, say, console)
 
     started = time.monotonic()
-    if console is not None:
-        binary = build_with_progress(EngineBuild(portable=not options.native), console)
-    else:
-        from local.engine import build_engine
-
-        binary = build_engine(EngineBuild(portable=not options.native), log=say)
-    model = ensure_model(options.size, options.seed)
-    say(f"engine {binary} ({time.monotonic() - started:.1f}s), model {model.name}")
+    graph = run_stack("aws")  # what `pulumi up -s aws` would create, rendered under Pulumi mocks
+    model_environment = aws_lmi_environment(graph)
+    lambda_environment = gateway_lambda_environment(graph)
+    endpoint_name = lambda_environment["GATEWAY_ENDPOINT_NAME"]
+    model_id = lambda_environment["GATEWAY_MODEL_ID"]
+    say(f"aws stack rendered: endpoint {endpoint_name}, model {model_id} ({time.monotonic() - started:.1f}s)")
 
     api_key = secrets.token_urlsafe(24)
     codes: list[int] = []
+    direct, through = out / LABELS[0], out / LABELS[1]
     with ExitStack() as stack:
-        engine = stack.enter_context(LlamaServer.start(
-            binary,
-            ServerOptions(model=model, port=engine_port, parallel=options.parallel, threads=options.threads,
-                          ctx_per_slot=options.ctx_per_slot, alias=MODEL_ALIAS),
-            logs / "llama-server.log",
-            ready_timeout_s=options.ready_timeout_s,
-        ))
-        say(f"llama-server  {engine.openai_url}  ({options.parallel} slots, {options.threads} threads)")
+        engine = VllmServer.from_lmi_environment(model_environment, logs / "vllm.log", port=engine_port)
+        say(f"starting vLLM as LMI would from the Model's environment (log {engine.log_path}) ...")
+        stack.enter_context(engine.start(options.vllm_ready_timeout_s))
+        say(f"vLLM {engine.version()}  {engine.base_url}/v1  serving {engine.served_name} "
+            f"({time.monotonic() - started:.0f}s)")
 
         emulator_log = logs / "sagemaker-emulator.log"
         emulator = stack.enter_context(child_process(
-            [sys.executable, "-m", "local.sagemaker_runtime", "--forward", engine.openai_url,
-             "--endpoint-name", ENDPOINT_NAME, "--port", str(emulator_port)],
+            [sys.executable, "-m", "local.sagemaker_runtime", "--forward", engine.base_url + "/v1",
+             "--lmi-served-name", engine.served_name, "--endpoint-name", endpoint_name, "--port", str(emulator_port)],
             emulator_log,
         ))
         emulator_url = f"http://127.0.0.1:{emulator_port}"
         wait_healthy(emulator_url + "/ping", emulator, emulator_log, "the SageMaker-runtime emulator", 30)
-        say(f"SageMaker runtime emulator  {emulator_url}  (endpoint {ENDPOINT_NAME})")
+        say(f"SageMaker runtime emulator  {emulator_url}  (endpoint {endpoint_name}, LMI model server)")
 
         # The gateway's stdout is its EMF metric lines, as CloudWatch Logs would receive them.
         gateway_log = logs / "gateway.log"
@@ -212,23 +220,61 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
             [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(gateway_port),
              "--no-access-log", "--log-level", "warning"],
             gateway_log,
-            env=gateway_environment(emulator_url, api_key),
+            env=gateway_environment(lambda_environment, emulator_url, api_key),
         ))
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         wait_healthy(gateway_url + "/health", gateway, gateway_log, "the gateway", 30)
         say(f"gateway  {gateway_url}/v1  (API key required)")
 
-        direct, through = out / LABELS[0], out / LABELS[1]
-        say("\n[1/2] bench -> llama-server")
-        codes.append(_bench(bench_argv(engine.openai_url, options, direct)))
-        say("\n[2/2] bench -> gateway -> boto3 -> emulator -> llama-server")
-        codes.append(_bench(bench_argv(gateway_url + "/v1", options, through, api_key)))
+        say("\n[1/3] bench -> vLLM")
+        codes.append(_bench(bench_argv(engine.base_url + "/v1", options, direct, model=model_id)))
+        say("\n[2/3] bench -> gateway -> boto3 -> emulator -> LMI -> vLLM")
+        codes.append(_bench(bench_argv(gateway_url + "/v1", options, through, api_key, model=model_id)))
         metric_lines = count_emf_lines(gateway_log)
 
+    runs, labels = [direct, through], list(LABELS)
+    baseline = None
+    if baseline_binary is not None:
+        baseline = out / BASELINE_LABEL
+        say("\n[3/3] bench -> llama.cpp (the local baseline)")
+        codes.append(_bench_baseline(baseline_binary, options, baseline, logs, say))
+        runs.append(baseline)
+        labels.append(BASELINE_LABEL)
+    else:
+        say("\n[3/3] llama.cpp baseline left out: not built (`make engine` builds it, ~9 min; then run again)")
+
     comparison = out / "comparison"
-    codes.append(bench.run(["compare", str(direct), str(through), "--labels", ",".join(LABELS),
-                            "--out", str(comparison)]))
-    return DemoResult(direct, through, comparison, max(codes), metric_lines)
+    codes.append(bench.run(["compare", *map(str, runs), "--labels", ",".join(labels), "--out", str(comparison)]))
+    return DemoResult(direct, through, comparison, max(codes), metric_lines, baseline)
+
+
+def _baseline_binary(options: DemoOptions, say, console) -> Path | None:
+    """llama-server when the baseline runs: the cached build, built first with --baseline always."""
+    from local.engine import build_engine, build_with_progress, built_binary
+
+    if options.baseline == "never":
+        return None
+    build = EngineBuild(portable=not options.native)
+    binary = built_binary(build)
+    if binary is None and options.baseline == "always":
+        binary = build_with_progress(build, console) if console is not None else build_engine(build, log=say)
+    return binary
+
+
+def _bench_baseline(binary: Path, options: DemoOptions, out_dir: Path, logs: Path, say) -> int:
+    from local.model import ensure_model
+
+    model = ensure_model(options.size, options.seed)
+    port = free_port()
+    with LlamaServer.start(
+        binary,
+        ServerOptions(model=model, port=port, parallel=options.parallel, threads=options.threads,
+                      ctx_per_slot=options.ctx_per_slot, alias=MODEL_ALIAS),
+        logs / "llama-server.log",
+        ready_timeout_s=options.ready_timeout_s,
+    ) as engine:
+        say(f"llama-server  {engine.openai_url}  ({options.parallel} slots, {options.threads} threads, {model.name})")
+        return _bench(bench_argv(engine.openai_url, options, out_dir))
 
 
 def _bench(argv: list[str]) -> int:
@@ -302,7 +348,8 @@ def print_overhead(rows: list[dict], console) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m local.demo",
-        description="Run llama.cpp, the gateway app and a SageMaker-runtime emulator here, and benchmark them.",
+        description="Run vLLM as the aws stack deploys it, the gateway app and a SageMaker-runtime emulator here, "
+                    "benchmark them, and compare with the llama.cpp baseline.",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="results folder (default results/)")
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES), help="random-weight model size")
@@ -311,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=24, help="requests per level (default 24)")
     parser.add_argument("--max-tokens", type=int, default=32, help="completion tokens per request (default 32)")
     parser.add_argument("--prompt-tokens", type=int, default=64, help="prompt tokens per request (default 64)")
+    parser.add_argument("--baseline", default="auto", choices=BASELINES,
+                        help="the llama.cpp baseline: auto (when built), always (build it first), never")
     parser.add_argument("--parallel", type=int, default=8, help="llama-server slots (default 8)")
     parser.add_argument("--threads", type=int, default=DemoOptions.threads,
                         help=f"llama-server compute threads (default {DemoOptions.threads}: half the cores)")
     parser.add_argument("--native", action="store_true", help="build llama-server tuned for this CPU")
-    parser.add_argument("--engine-port", type=int, default=0, help="llama-server port (default: a free one)")
+    parser.add_argument("--engine-port", type=int, default=0, help="vLLM port (default: a free one)")
     parser.add_argument("--emulator-port", type=int, default=0, help="emulator port (default: a free one)")
     parser.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: a free one)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress display")
@@ -333,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out, size=args.size, seed=args.seed, concurrency=args.concurrency, requests=args.requests,
             max_tokens=args.max_tokens, prompt_tokens=args.prompt_tokens, parallel=args.parallel,
             threads=args.threads, native=args.native, engine_port=args.engine_port, emulator_port=args.emulator_port,
-            gateway_port=args.gateway_port, progress=not args.no_progress,
+            gateway_port=args.gateway_port, baseline=args.baseline, progress=not args.no_progress,
         )
         with interruptible():
             result = run_demo(options, say=console.print, console=console)
@@ -341,14 +390,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {error}")
         return 1
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/yellow] stopped the engine, emulator and gateway; "
+        console.print("[yellow]interrupted:[/yellow] stopped the engines, emulator and gateway; "
                       f"results so far are under {args.out}/")
         return 130
     console.print()
     print_overhead(overhead_table(result.direct, result.gateway), console)
     console.print(
         f"gateway wrote {result.gateway_metric_lines} EMF metric records ({options.out / 'logs' / 'gateway.log'})\n"
-        f"results: {result.direct}/, {result.gateway}/, {result.comparison}/compare.md  "
+        f"results: {result.direct}/, {result.gateway}/, {result.baseline or '(no baseline)'}, {result.comparison}/compare.md  "
         f"({time.monotonic() - started:.0f}s in all)"
     )
     return result.exit_code

@@ -48,6 +48,14 @@ def aws_lmi_environment(graph: StackRun) -> dict[str, str]:
     return dict(graph.one("aws:sagemaker/model:Model").inputs["primaryContainer"]["environment"])
 
 
+def gateway_lambda_environment(graph: StackRun) -> dict[str, str]:
+    """The gateway function's environment variables, as the aws stack sets them."""
+    functions = [f for f in graph.of_type("aws:lambda/function:Function")
+                 if "GATEWAY_ENDPOINT_NAME" in ((f.inputs.get("environment") or {}).get("variables") or {})]
+    assert len(functions) == 1, [f.name for f in functions]
+    return dict(functions[0].inputs["environment"]["variables"])
+
+
 def _sites(caddyfile: str) -> list[str]:
     return re.findall(r"^(http://:\d+|https?://\S+|:\d+)\s*\{", caddyfile, flags=re.M)
 

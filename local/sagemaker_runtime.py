@@ -773,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     source.add_argument("--forward", metavar="BASE_URL", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")
     source.add_argument("--script", metavar="FILE", help="JSON file with one scripted reply (see _script_backend)")
     parser.add_argument("--forward-api-key", default=None, help="bearer key the forwarded server wants")
+    parser.add_argument("--lmi-served-name", metavar="NAME", default=None,
+                        help="with --forward: behave as LMI's model server (LmiVllm) for a vLLM serving NAME")
     parser.add_argument("--endpoint-name", action="append", default=None,
                         help="endpoint name(s) to answer (repeatable; default: llm); others get ValidationError")
     parser.add_argument("--host", default="127.0.0.1")
@@ -783,8 +785,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="synthetic model: put time.monotonic_ns() at sending in this field of every chunk")
     args = parser.parse_args(argv)
 
-    if args.forward:
-        backend: Backend = Forward(args.forward, api_key=args.forward_api_key)
+    if args.forward and args.lmi_served_name:
+        backend: Backend = LmiVllm(args.forward, args.lmi_served_name, api_key=args.forward_api_key)
+        what = f"LMI's model server over vLLM at {args.forward} (serving {args.lmi_served_name})"
+    elif args.forward:
+        backend = Forward(args.forward, api_key=args.forward_api_key)
         what = f"forwarding to {args.forward}"
     elif args.script:
         backend, what = _script_backend(args.script), f"replaying {args.script}"

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from local.deployed import FrontedVllm, aws_lmi_environment, azure_fronted, gke_fronted
+from local.deployed import (
+    FrontedVllm,
+    aws_lmi_environment,
+    azure_fronted,
+    gateway_lambda_environment,
+    gke_fronted,
+)
 from local.engine import free_port
 from local.front import CaddyFront, with_ports
 from local.sagemaker_runtime import LmiVllm, SageMakerRuntimeEmulator
@@ -32,14 +38,6 @@ LOGS = Path(os.environ.get("LLM_INFERENCE_TEST_LOGS", "/tmp/llm-inference-test-l
 @pytest.fixture(scope="session")
 def aws_graph() -> StackRun:
     return run_stack("aws")
-
-
-def gateway_lambda_environment(graph: StackRun) -> dict[str, str]:
-    """The gateway function's environment variables, as the stack sets them."""
-    functions = [f for f in graph.of_type("aws:lambda/function:Function")
-                 if "GATEWAY_ENDPOINT_NAME" in ((f.inputs.get("environment") or {}).get("variables") or {})]
-    assert len(functions) == 1, [f.name for f in functions]
-    return dict(functions[0].inputs["environment"]["variables"])
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,9 @@
-"""The local demo: its option checks and summaries, and end to end against a real llama-server.
+"""The local demo: its option checks and summaries, and end to end: vLLM started from the aws stack's rendered
+Model environment, through the gateway, and the llama.cpp baseline.
 
-The e2e test builds llama-server on first use (about 6 minutes on 2 cores, then cached outside the
-clone); `.ci/run` builds it before the tests through `make test`. It is never skipped: a machine that
-cannot build the engine fails here with the missing Debian packages named.
+`make test` installs vLLM (`make vllm`) and builds llama-server (about 9 minutes on 2 cores, then cached
+outside the clone) before the tests, so the e2e test never skips: a machine without them fails here with
+the command that installs them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from local.engine import free_port, port_in_use
         ({"requests": 0}, "--requests 0: must be >= 1"),
         ({"max_tokens": -1}, "--max-tokens -1"),
         ({"gateway_port": 70000}, "--gateway-port 70000"),
+        ({"baseline": "sometimes"}, "--baseline 'sometimes': choose one of auto, always, never"),
     ],
 )
 def test_bad_options_name_the_flag(fields, needle):
@@ -48,13 +50,22 @@ def test_a_port_in_use_stops_the_demo_before_any_build(tmp_path, monkeypatch):
             run_demo(DemoOptions(out=tmp_path, gateway_port=taken), say=lambda _: None)
 
 
-def test_gateway_environment_points_at_the_emulator_with_dummy_credentials(monkeypatch):
+def test_gateway_environment_is_the_lambdas_pointed_at_the_emulator_with_dummy_credentials(monkeypatch):
+    from local.deployed import gateway_lambda_environment
+    from stacks.rendered import run_stack
+
     monkeypatch.setenv("AWS_PROFILE", "production")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "real-looking")
-    env = gateway_environment("http://127.0.0.1:9999", "k" * 32)
+    monkeypatch.setenv("GATEWAY_MODEL_ID", "stale-from-the-shell")
+    lambda_env = gateway_lambda_environment(run_stack("aws"))
+    env = gateway_environment(lambda_env, "http://127.0.0.1:9999", "k" * 32)
     assert env["GATEWAY_SAGEMAKER_ENDPOINT_URL"] == "http://127.0.0.1:9999"
-    assert env["GATEWAY_ENDPOINT_NAME"] == demo.ENDPOINT_NAME
     assert env["GATEWAY_API_KEY"] == "k" * 32
+    # Everything else the gateway reads is what the stack gives the Lambda.
+    assert {k: v for k, v in env.items() if k.startswith("GATEWAY_") and k not in (
+        "GATEWAY_SAGEMAKER_ENDPOINT_URL", "GATEWAY_API_KEY")} == {
+        k: v for k, v in lambda_env.items() if k.startswith("GATEWAY_")}
+    assert env["GATEWAY_MODEL_ID"] == "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"
     assert env["AWS_ACCESS_KEY_ID"] == "local"
     assert "AWS_PROFILE" not in env and "AWS_SESSION_TOKEN" not in env
     assert env["PYTHONPATH"].split(":")[0].endswith("lambda")
@@ -97,11 +108,12 @@ def _records(run_dir: Path) -> list[dict]:
 def test_demo_end_to_end_through_the_gateway(tmp_path):
     ports = {name: free_port() for name in ("engine_port", "emulator_port", "gateway_port")}
     options = DemoOptions(out=tmp_path, concurrency="2", requests=6, max_tokens=16, prompt_tokens=32,
-                          parallel=4, progress=False, **ports)
+                          parallel=4, progress=False, baseline="always", **ports)
     result = run_demo(options, say=lambda _: None)
 
     assert result.exit_code == 0
-    for run_dir in (result.direct, result.gateway):
+    servers = {}
+    for run_dir in (result.direct, result.gateway, result.baseline):
         summary = json.loads((run_dir / "summary.json").read_text())
         (level,) = summary["levels"]
         assert (level["requests"], level["succeeded"], level["failed"]) == (6, 6, 0), level.get("errors")
@@ -117,10 +129,16 @@ def test_demo_end_to_end_through_the_gateway(tmp_path):
             assert 0 < record["ttft_ms"] <= record["e2e_ms"]
         assert level["output_tokens"] == sum(r["output_tokens"] for r in measured)
         assert 0 < level["ttft_ms"]["p50"] < level["e2e_ms"]["p50"]
+        servers[run_dir.name] = summary["target"]["server"]
+    # What each run measured, from the server's own answer; the gateway does not say.
+    assert servers["vllm-direct"] == {"engine": "vllm", "version": "0.32.0"}
+    assert servers["vllm-gateway"] is None
+    assert servers["llamacpp"]["engine"] == "llama.cpp" and servers["llamacpp"]["version"].startswith("b")
     # The gateway measured every request it served (warmup included) and said so in EMF.
     served = len(_records(result.gateway))
     assert result.gateway_metric_lines == served
-    assert (result.comparison / "compare.md").read_text().count("local-gateway") >= 1
+    compared = (result.comparison / "compare.md").read_text()
+    assert all(label in compared for label in ("vllm-direct", "vllm-gateway", "llamacpp"))
     # Everything the demo started is stopped: its ports are free again.
     for port in ports.values():
         assert not port_in_use("127.0.0.1", port)
