@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install checkov engine vllm test lint demo clean
+.PHONY: install checkov engine vllm test lint demo clean mutants
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ test: install checkov engine vllm
 # the gateway, then the llama.cpp baseline when it is built (`make engine`; DEMO_ARGS="--baseline always" builds it).
 demo: install vllm
 	$(PY) -m local.demo $(DEMO_ARGS)
+
+# Mutation testing (mutmut) of the modules users depend on, each in a copy of the tree outside the
+# checkout; slow, so not part of `make test`. MUTANTS="stats sse" picks targets; scores in docs/testing.md.
+mutants: install
+	$(PY) tests/mutants.py $(MUTANTS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -191,3 +191,115 @@ def test_stamps_follow_marks_that_repeat_a_byte_count():
     marks = [(10, len(a)), (15, len(a)), (20, len(body))]
     out = parse_stream(body, marks)
     assert out.content_times_ns == [10, 20] and out.content_reads == [0, 2]
+
+
+# ------------------------------------------------------------------ what mutation testing found untested
+
+
+def one(obj) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("delta", "chars"),
+    [({"content": "ab"}, 2), ({"reasoning_content": "think"}, 5), ({"reasoning": "hmm"}, 3),
+     ({"content": "", "reasoning_content": "xyz"}, 3), ({"content": 12}, 2), ({}, 0)],
+)
+def test_content_and_reasoning_count_as_output(delta, chars):
+    body = one({"choices": [{"delta": delta, "finish_reason": "stop"}]})
+    out = parse_stream(body, [(5, len(body))])
+    assert out.content_chars == chars and out.content_times_ns == ([5] if chars else [])
+
+
+def test_completion_style_text_choices_and_non_dict_choices():
+    body = one({"choices": [{"text": "abc", "finish_reason": None}, "junk", {"text": "", "finish_reason": None},
+                            {"text": 5, "finish_reason": "length"}]})
+    out = parse_stream(body, [(1, len(body))])
+    assert out.content_chars == 3 and out.finish_reason == "length" and out.content_times_ns == [1]
+
+
+def test_sse_fields_id_retry_event_and_data_without_space():
+    body = (b"id: 1\nretry: 100\ndata:" + orjson.dumps({"choices": [{"delta": {"content": "a"}}]}) + b"\n\n"
+            + b"event: message\ndata: " + orjson.dumps({"choices": [{"delta": {"content": "b"}}]}) + b"\n\n"
+            + b":keepalive\n" + one({"choices": [{"delta": {}, "finish_reason": "stop"}]}))
+    out = parse_stream(body, [(1, len(body))])
+    assert out.error_kind is None and out.content_chars == 2 and out.events == 3 and out.finish_reason == "stop"
+
+
+def test_an_error_event_after_a_normal_event_uses_its_own_type():
+    body = (b"event: message\n" + one({"choices": [{"delta": {"content": "a"}}]})
+            + b'event: error\ndata: {"detail": "overloaded"}\n\n')
+    out = parse_stream(body, [(1, len(body))])
+    assert out.error_kind == "stream_error" and out.error_detail == "{'detail': 'overloaded'}"
+    # The event type does not leak into the next event.
+    body = b"event: error\n" + b": comment\n" + one({"choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]})
+    assert parse_stream(body, [(1, len(body))]).error_kind == "stream_error"
+    body = (b"event: ping\n" + one({"choices": [{"delta": {"content": "a"}}]})
+            + one({"choices": [{"delta": {}, "finish_reason": "stop"}]}))
+    assert parse_stream(body, [(1, len(body))]).error_kind is None
+
+
+@pytest.mark.parametrize(
+    ("error", "detail"),
+    [({"type": "t", "code": "c", "message": "m"}, "t: m"), ({"code": "c", "message": "m"}, "c: m"),
+     ({"message": "m"}, "error: m"), ("plain", "plain")],
+)
+def test_stream_error_details(error, detail):
+    body = chunk("a") + one({"error": error})
+    out = parse_stream(body, [(1, len(body))])
+    assert out.error_kind == "stream_error" and out.error_detail == detail
+    assert out.content_chars == 1  # what came before the error still counts
+
+
+def test_error_details_are_cut_at_80_and_200_characters():
+    long_line = b"x" * 300
+    out = parse_stream(chunk("a") + long_line + b"\n", [(1, 10)])
+    assert out.error_detail == f"unexpected line {long_line[:80]!r}"
+    out = parse_stream(b"data: {" + b"y" * 300 + b"\n\n", [(1, 10)])
+    assert out.error_detail == f"data is not JSON: {(b'{' + b'y' * 300)[:80]!r}"
+    body = one([1] * 100)
+    assert parse_stream(body, [(1, len(body))]).error_detail == f"data is not a JSON object: {body[6:86]!r}"
+    body = one({"choices": "z" * 100})
+    assert parse_stream(body, [(1, len(body))]).error_detail == f"'choices' is not a list: {body[6:86]!r}"
+    body = one({"error": "e" * 300})
+    assert parse_stream(body, [(1, len(body))]).error_detail == "e" * 200
+
+
+def test_parsing_stops_at_the_first_error():
+    for bad in (b"data: {nope\n\n", b"data: [1]\n\n", b'data: {"choices": 1}\n\n', b'data: {"error": "x"}\n\n',
+                b"garbage\n"):
+        body = bad + chunk("late") + b"data: [DONE]\n\n"
+        out = parse_stream(body, [(1, len(body))])
+        assert out.content_chars == 0 and not out.done and out.events <= 1, bad
+    # A bare JSON line after an error is not parsed either.
+    body = b"data: {nope\n\n" + jline("late")
+    assert parse_stream(body, [(1, len(body))]).content_chars == 0
+
+
+def test_done_then_more_events_and_the_stream_cut_detail():
+    body = chunk("a") + b"data: [DONE]\n\n" + chunk("b")
+    out = parse_stream(body, [(1, len(body))])
+    assert out.done and out.content_chars == 2 and out.error_kind is None
+    cut = parse_stream(chunk("a"), [(1, len(chunk("a")))])
+    assert cut.error_detail == "stream ended without [DONE] or a finish_reason"
+
+
+def test_empty_marks_and_offsets_beyond_the_last_mark():
+    body = jline("a") + jline(finish="stop")
+    out = parse_stream(body, [])
+    assert out.content_times_ns == [0] and out.content_reads == [0]
+    out = parse_stream(body, [(3, 4), (9, 5)])  # marks that stop short: the last one's time
+    assert out.content_times_ns == [9] and out.content_reads == [1]
+
+
+def test_parse_completion_fields():
+    body = orjson.dumps({"choices": [
+        {"message": {"content": "hello"}, "finish_reason": None},
+        {"message": {"content": "you"}, "finish_reason": "stop"},
+        {"message": {"content": "!"}, "finish_reason": None}, "junk"],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
+    out = parse_completion(body)
+    assert out.done is True and out.content_chars == 9 and out.finish_reason == "stop"
+    assert (out.prompt_tokens, out.completion_tokens) == (3, 2)
+    assert out.content_times_ns == [] and out.error_kind is None
+    assert parse_completion(b"[1]") is None
