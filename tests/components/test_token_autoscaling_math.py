@@ -136,3 +136,86 @@ def test_evaluator_semantics(expression, series, expected):
 def test_evaluator_refuses_what_it_does_not_model(expression):
     with pytest.raises(MetricMathError):
         evaluate(expression, {"a": [1.0]})
+
+
+# ------------------------------------------------------------------ the rest of what the component renders
+
+
+def test_the_whole_scaling_graph_with_every_input():
+    def program():
+        TokenAwareAutoscaling("s", TokenAwareAutoscalingArgs(
+            endpoint_name="ep", min_instances=2, max_instances=5, target_tokens_per_minute_per_instance=1234,
+            variant_name="V1", metrics_namespace="NS", scale_out_cooldown_seconds=60,
+            scale_in_cooldown_seconds=600, target_concurrent_requests_per_instance=7, tags={"a": "b"}))
+        return {}
+
+    run = run_program(program, stack="dev")
+    scope = {"resourceId": "endpoint/ep/variant/V1", "scalableDimension": "sagemaker:variant:DesiredInstanceCount",
+             "serviceNamespace": "sagemaker"}
+    assert run.one("aws:appautoscaling/target:Target").inputs == {
+        **scope, "maxCapacity": 5, "minCapacity": 2, "tags": {"a": "b"}}
+    policies = {p.name: p.inputs for p in run.of_type("aws:appautoscaling/policy:Policy")}
+    variant = [{"name": "EndpointName", "value": "ep"}, {"name": "VariantName", "value": "V1"}]
+
+    def query(qid, label, namespace, name, dimensions):
+        return {"id": qid, "label": label, "returnData": False, "metricStat": {
+            "metric": {"dimensions": dimensions, "metricName": name, "namespace": namespace}, "stat": "Sum"}}
+
+    assert policies == {
+        "s-tokens": {**scope, "policyType": "TargetTrackingScaling", "targetTrackingScalingPolicyConfiguration": {
+            "customizedMetricSpecification": {"metrics": [
+                query("tokens", "Completion tokens per minute (gateway EMF)", "NS", "CompletionTokens",
+                      [{"name": "EndpointName", "value": "ep"}]),
+                query("invocations", "Invocations per minute", "AWS/SageMaker", "Invocations", variant),
+                query("invocations_per_instance", "Invocations per instance per minute", "AWS/SageMaker",
+                      "InvocationsPerInstance", variant),
+                {"id": "tokens_per_instance", "label": "Completion tokens per minute per instance",
+                 "returnData": True, "expression": "IF(FILL(invocations, 0) > 0, FILL(tokens, 0) * "
+                                                   "FILL(invocations_per_instance, 0) / FILL(invocations, 0), 0)"},
+            ]},
+            "scaleInCooldown": 600, "scaleOutCooldown": 60, "targetValue": 1234}},
+        "s-concurrency": {**scope, "policyType": "TargetTrackingScaling", "targetTrackingScalingPolicyConfiguration": {
+            "predefinedMetricSpecification": {
+                "predefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"},
+            "scaleInCooldown": 600, "scaleOutCooldown": 60, "targetValue": 7}},
+    }
+    (component,) = [r for r in run.resources if r.type == "llminfer:aws:TokenAwareAutoscaling"]
+    assert component.name == "s"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"min_instances": 0}, "min_instances",
+         "must be at least 1 (a SageMaker real-time endpoint variant cannot scale to zero)"),
+        ({"min_instances": 3, "max_instances": 2}, "min_instances", "(3) must not exceed max_instances (2)"),
+        ({"max_instances": 0}, "max_instances", "must be a positive number, got 0"),
+        ({"target_tokens_per_minute_per_instance": 0}, "target_tokens_per_minute_per_instance",
+         "must be a positive number, got 0"),
+        ({"metrics_namespace": " "}, "metrics_namespace", "must be a non-empty string, got ' '"),
+        ({"variant_name": ""}, "variant_name", "must be a non-empty string, got ''"),
+        ({"scale_out_cooldown_seconds": -1}, "scale_out_cooldown_seconds", "must be 0-3600 seconds, got -1"),
+        ({"scale_in_cooldown_seconds": 3601}, "scale_in_cooldown_seconds", "must be 0-3600 seconds, got 3601"),
+        ({"scale_in_cooldown_seconds": 1.5}, "scale_in_cooldown_seconds", "must be 0-3600 seconds, got 1.5"),
+        ({"target_concurrent_requests_per_instance": 0}, "target_concurrent_requests_per_instance",
+         "must be a positive number, got 0"),
+    ],
+)
+def test_args_are_refused_with_the_field_and_why(changes, field, message):
+    from components import InvalidArgs
+
+    args = {"endpoint_name": "ep", "min_instances": 1, "max_instances": 4,
+            "target_tokens_per_minute_per_instance": 100, **changes}
+    with pytest.raises(InvalidArgs) as raised:
+        TokenAwareAutoscalingArgs(**args).validate()
+    assert (raised.value.field, raised.value.message) == (field, message)
+
+
+def test_edge_values_are_accepted():
+    TokenAwareAutoscalingArgs(endpoint_name="ep", min_instances=1, max_instances=1,
+                              target_tokens_per_minute_per_instance=1, scale_out_cooldown_seconds=0,
+                              scale_in_cooldown_seconds=3600).validate()
+    # Without the fast policy its target is not checked.
+    TokenAwareAutoscalingArgs(endpoint_name="ep", min_instances=1, max_instances=1,
+                              target_tokens_per_minute_per_instance=1, concurrency_scale_out=False,
+                              target_concurrent_requests_per_instance=0).validate()
