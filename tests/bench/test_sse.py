@@ -303,3 +303,23 @@ def test_parse_completion_fields():
     assert (out.prompt_tokens, out.completion_tokens) == (3, 2)
     assert out.content_times_ns == [] and out.error_kind is None
     assert parse_completion(b"[1]") is None
+
+
+def test_second_round_of_survivors():
+    done = one({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    # A stream that starts with a blank line (a keep-alive) parses the same.
+    body = b"\n" + chunk("a") + done
+    out = parse_stream(body, [(1, len(body))])
+    assert out.error_kind is None and out.content_chars == 1 and out.events == 2
+    # Field names without the optional space: ":metrics {...}" and "event:error".
+    body = chunk("a") + b':metrics {"ttft_ms": 3}\n' + done
+    assert parse_stream(body, [(1, len(body))]).server_metrics == {"ttft_ms": 3}
+    body = b'event:error\ndata: {"message": "boom"}\n\n'
+    assert parse_stream(body, [(1, len(body))]).error_kind == "stream_error"
+    # A bare JSON line that is an array is "not a JSON object", not an unexpected line.
+    out = parse_stream(b"[1, 2]\n", [(1, 7)])
+    assert out.error_detail == "data is not a JSON object: b'[1, 2]'"
+    # SSE data lines then a bare JSON line with no blank line between: both events count.
+    body = b"data: " + orjson.dumps({"choices": [{"delta": {"content": "a"}}]}) + b"\n" + jline("b", finish="stop")
+    out = parse_stream(body, [(1, len(body))])
+    assert out.content_chars == 2 and out.events == 2 and out.error_kind is None

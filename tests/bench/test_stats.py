@@ -334,3 +334,34 @@ def test_histogram_edges(monkeypatch):
     tiny.extend([0.0005, 0.0010005, 0.0010005, 0.0010005, 0.0010005])
     assert tiny.percentile(100) == pytest.approx(0.0010005, rel=1e-6)
     assert tiny.percentile(0) == 0.0005
+
+
+def test_second_round_of_survivors():
+    # The CDF for charts has 400 points by default.
+    s = Sample()
+    s.extend([1.0, 2.0])
+    values, fractions = s.cdf()
+    assert len(values) == len(fractions) == 400 and fractions[-1] == 1.0
+    # A reply of 1 ms end to end still enters the TTFT/E2E ratio.
+    lv = LevelStats(0, 1, None, Slo(), None)
+    for i in range(3):
+        lv.add(ok(0.95, 1.0, 5, start=i, end=i + 1))
+    assert lv.warnings()[0].startswith("buffering: median TTFT")
+    # The lag warning quotes p99, not the maximum.
+    lag = LevelStats(0, 1, 5.0, Slo(), None)
+    for i in range(100):
+        lag.add({**ok(10, 100, 5, start=i, end=i + 0.1), "client_lag_ms": {98: 60.0, 99: 100.0}.get(i, 0.0)})
+    assert lag.warnings()[0].startswith("client lag p99 60 ms")
+    # Attainment is rounded to 4 digits.
+    third = LevelStats(0, 1, None, Slo(ttft_ms=10), None)
+    third.add(ok(5, 10, 2))
+    third.add(ok(50, 60, 2))
+    third.add(ok(50, 60, 2))
+    assert third.summary()["slo_attainment"] == 0.3333
+
+
+def test_exactly_one_microsecond_shares_the_floor_bucket(monkeypatch):
+    monkeypatch.setattr(stats, "EXACT_LIMIT", 1)
+    s = Sample()
+    s.extend([0.0005, 0.001])
+    assert s.percentile(100) == 0.0005  # the floor bucket reads 0, clipped to the minimum
