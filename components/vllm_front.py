@@ -9,7 +9,7 @@ is the only thing that listens where clients can reach; vLLM listens on 127.0.0.
 
 What the front does, and nothing else:
 
-- `/v1/...` -> vLLM, byte for byte, streamed as it comes (`flush_interval -1`: server-sent events are not
+- `/v1/...` (any method but OPTIONS, which vLLM's key check waves through) -> vLLM, byte for byte, streamed as it comes (`flush_interval -1`: server-sent events are not
   buffered). The API key check stays with vLLM (it answers 401), so the front holds no secret.
 - `GET|HEAD /health` (`HEALTH_PATH`) -> vLLM's own `/health`, so a load balancer's or kubelet's check
   sees the engine's health (a 502 while vLLM is down).
@@ -126,6 +126,8 @@ def _api_site(site: str, bind: str, upstream: str) -> str:
 \t@api {{
 \t\tpath_regexp ^{API_PREFIX}
 \t\tnot vars_regexp {{http.request.uri}} {_RAW_PATH_TRICKS}
+\t\t# vLLM's key check waves every OPTIONS through (serve/middleware/authenticate.py): none reach it.
+\t\tnot method OPTIONS
 \t}}
 \thandle @api {{
 \t\treverse_proxy {upstream} {{

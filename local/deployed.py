@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from local.vllm_engine import expand_kubernetes_variables
 from stacks.rendered import StackRun
 
 # The vLLM server module every deployment runs: the GKE container's command, and the ENTRYPOINT of the
@@ -82,7 +83,9 @@ def gke_fronted(graph: StackRun, api_key: str) -> FrontedVllm:
     sites = _sites(caddyfile)
     probes = {f"{name}.{kind}": c[kind] for name, c in containers.items()
               for kind in ("startupProbe", "readinessProbe", "livenessProbe") if kind in c}
-    return FrontedVllm("gcp", list(vllm["args"]), env, _upstream(caddyfile), caddyfile, sites[0],
+    # The kubelet expands $(VAR) in args from the container's env (docker, on Azure, does not).
+    args = [expand_kubernetes_variables(a, env) for a in vllm["args"]]
+    return FrontedVllm("gcp", args, env, _upstream(caddyfile), caddyfile, sites[0],
                        sites[1] if len(sites) > 1 else None, probes)
 
 

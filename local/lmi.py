@@ -56,6 +56,9 @@ _LMI_FIELDS = frozenset({
     "enable_auto_tool_choice", "tool_call_parser", "enable_reasoning", "reasoning_parser", "device",
     "preloaded_model", "override_neuron_config", "chat_template", "chat_template_content_format",
 })  # fmt: skip
+# VllmRbProperties.DTYPE_MAPPER
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16", "auto": "auto"}
 # LMI properties that are options of vLLM's OpenAI serving layer, not of the engine.
 _SERVING_OPTIONS = ("chat_template", "chat_template_content_format", "enable_auto_tool_choice", "tool_call_parser")
 
@@ -65,8 +68,18 @@ class LmiConfigError(ValueError):
 
 
 def lmi_properties(environment: Mapping[str, str]) -> dict[str, str]:
-    """The model properties LMI reads from the container environment (ModelInfo.java, ModelStore.java)."""
+    """The model properties LMI reads from the container environment.
+
+    `HF_MODEL_ID` (with `HF_REVISION`, `HF_TASK`) is written into the model's serving.properties, which is
+    loaded first (ModelStore.java); the environment's `OPTION_*` only fill what is still absent
+    (ModelInfo.java, `putIfAbsent`), so `HF_MODEL_ID` wins over `OPTION_MODEL_ID`.
+    """
     properties: dict[str, str] = {}
+    if environment.get("HF_MODEL_ID"):
+        properties["model_id"] = environment["HF_MODEL_ID"]
+        for variable, name in (("HF_REVISION", "revision"), ("HF_TASK", "task")):
+            if environment.get(variable):
+                properties[name] = environment[variable]
     for key, value in environment.items():
         if not value:
             continue
@@ -77,10 +90,10 @@ def lmi_properties(environment: Mapping[str, str]) -> dict[str, str]:
             if name == "entrypoint":
                 name = "entryPoint"
             properties.setdefault(name, value)
-    if environment.get("HF_MODEL_ID"):
-        properties.setdefault("model_id", environment["HF_MODEL_ID"])
-    if environment.get("TENSOR_PARALLEL_DEGREE"):
-        properties.setdefault("tensor_parallel_degree", environment["TENSOR_PARALLEL_DEGREE"])
+    for variable, name in (("TENSOR_PARALLEL_DEGREE", "tensor_parallel_degree"),
+                           ("PIPELINE_PARALLEL_DEGREE", "pipeline_parallel_degree")):
+        if environment.get(variable):
+            properties.setdefault(name, environment[variable])
     return properties
 
 
@@ -95,18 +108,26 @@ def engine_arguments(properties: Mapping[str, str], engine_fields: Iterable[str]
     degree = properties.get("tensor_parallel_degree", "1")
     tensor_parallel = gpu_count if degree == "max" else int(degree)
     extras = {k: v for k, v in properties.items() if k not in _LMI_FIELDS and k != "model_id" and k in fields}
-    # handle_lmi_vllm_config_conflicts: LMI's own name wins, a different vLLM value is refused.
+    # handle_lmi_vllm_config_conflicts compares LMI's parsed int with the environment's string, so any value
+    # of the vLLM name refuses to start, equal or not: refused here too.
+    for lmi_name, vllm_name in (("TENSOR_PARALLEL_DEGREE", "tensor_parallel_size"),
+                                ("pipeline_parallel_degree", "pipeline_parallel_size"),
+                                ("OPTION_MAX_ROLLING_BATCH_SIZE", "max_num_seqs")):
+        if vllm_name in extras:
+            raise LmiConfigError(f"OPTION_{vllm_name.upper()} is set: LMI refuses it at start-up; use {lmi_name} instead")
     batch = properties.get("max_rolling_batch_size", "32")
-    if "max_num_seqs" in extras and str(extras["max_num_seqs"]) != str(batch):
-        raise LmiConfigError(f"OPTION_MAX_ROLLING_BATCH_SIZE={batch} and OPTION_MAX_NUM_SEQS={extras['max_num_seqs']} conflict")
-    if "tensor_parallel_size" in extras and str(extras["tensor_parallel_size"]) != str(tensor_parallel):
-        raise LmiConfigError("TENSOR_PARALLEL_DEGREE and OPTION_TENSOR_PARALLEL_SIZE conflict")
+    pipeline = int(properties.get("pipeline_parallel_degree", "1"))
+    if pipeline != 1:
+        raise LmiConfigError(f"pipeline_parallel_degree={pipeline}: LMI's vLLM handler supports only 1")
+    dtype = properties.get("dtype", "auto")
+    if dtype not in _DTYPES:
+        raise LmiConfigError(f"OPTION_DTYPE={dtype!r} is not one of LMI's dtypes {sorted(_DTYPES)}")
     base: dict[str, Any] = {
         "model": model,
         "tensor_parallel_size": tensor_parallel,
-        "pipeline_parallel_size": int(properties.get("pipeline_parallel_degree", "1")),
+        "pipeline_parallel_size": pipeline,
         "max_num_seqs": int(batch),
-        "dtype": {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}.get(properties.get("dtype", "auto"), properties.get("dtype", "auto")),
+        "dtype": _DTYPES[dtype],
         "revision": properties.get("revision"),
         "max_loras": int(properties.get("max_loras", "4")),
         "enable_lora": properties.get("enable_lora", "false"),
@@ -153,9 +174,10 @@ def serving_arguments(properties: Mapping[str, str]) -> list[str]:
 
 
 def served_names(properties: Mapping[str, str]) -> list[str]:
-    """vllm_async_service: `served_model_name or "lmi"`, the first being the default for requests."""
-    names = properties.get("served_model_name")
-    return [n.strip() for n in names.split(",")] if names else [DEFAULT_SERVED_NAME]
+    """vllm_async_service: `served_model_name or "lmi"`. LMI passes `--served_model_name=<value>` as one
+    argument, so the value is one name, commas and all."""
+    name = properties.get("served_model_name")
+    return [name] if name else [DEFAULT_SERVED_NAME]
 
 
 @dataclass(frozen=True)
@@ -174,10 +196,16 @@ class LocalSubstitution:
         return env
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment less what would change the engine: a developer's VLLM_* (VLLM_API_KEY would
+    lock the engine), HF_* and OPTION_* settings are not the deployment's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "HF_", "OPTION_"))}
+
+
 def engine_command(python: Path, container_environment: Mapping[str, str], local: LocalSubstitution) -> tuple[list[str], dict[str, str]]:
     """The command line and environment that start vLLM as LMI would, for `python -m local.lmi` in the vLLM venv."""
     env = {
-        **os.environ,
+        **inherited_environment(),
         **local.environment(container_environment),
         "LMI_LOCAL_HOST": local.host,
         "LMI_LOCAL_PORT": str(local.port),

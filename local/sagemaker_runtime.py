@@ -106,9 +106,10 @@ class ServiceError(Exception):
 
     @classmethod
     def model_error(cls, original_status: int, original_message: str) -> ServiceError:
+        side = "server" if original_status >= 500 else "client"
         return cls(
             "ModelError",
-            f"Received client error ({original_status}) from primary with message \"{original_message}\".",
+            f"Received {side} error ({original_status}) from primary with message \"{original_message}\".",
             424,
             OriginalStatusCode=original_status,
             OriginalMessage=original_message,
@@ -487,6 +488,9 @@ class LmiVllm(Forward):
 
     async def invoke(self, body: bytes) -> tuple[bytes, str]:
         response = await self._lmi_post(body)
+        if response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            # `"stream": true` in an InvokeEndpoint body: LMI still writes JSON lines, joined by the frontend.
+            return b"".join([line async for line in self._lmi_relay(response)]), "application/jsonlines"
         try:
             return (await response.read()).strip() + b"\n", "application/json"
         finally:

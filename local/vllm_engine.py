@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ import httpx
 from local._sources import LocalSetupError
 from local.engine import free_port, tail, wait_healthy
 from local.hf_model import ensure_hf_model
-from local.lmi import LocalSubstitution, engine_command, lmi_properties, served_names
+from local.lmi import LocalSubstitution, engine_command, inherited_environment, lmi_properties, served_names
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VERSION = "0.32.0"
@@ -55,13 +56,13 @@ def expand_kubernetes_variables(argument: str, environment: Mapping[str, str]) -
     return _K8S_VAR.sub(lambda m: environment.get(m.group(1), m.group(0)), argument)
 
 
-def local_arguments(deployed: Sequence[str], local: LocalSubstitution, environment: Mapping[str, str] = {}) -> list[str]:
+def local_arguments(deployed: Sequence[str], local: LocalSubstitution) -> list[str]:
     """The deployed vLLM flags with only the model, host and port substituted.
 
     The model keeps its deployed name: `--model <local dir>` plus `--served-model-name <deployed --model>`
     unless the deployment names it itself, so clients send what they would send the cloud.
     """
-    argv = [expand_kubernetes_variables(a, environment) for a in deployed]
+    argv = list(deployed)
     out: list[str] = []
     deployed_model = None
     i = 0
@@ -105,9 +106,9 @@ class VllmServer:
                        port: int | None = None, kv_cache_gib: int = 1) -> VllmServer:
         python = vllm_python()
         local = LocalSubstitution(model_dir=ensure_hf_model(python), port=port or free_port(), kv_cache_gib=kv_cache_gib)
-        argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", *local_arguments(deployed_args, local, environment)]
+        argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", *local_arguments(deployed_args, local)]
         served = argv[argv.index("--served-model-name") + 1]
-        env = {**os.environ, **environment, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
+        env = {**inherited_environment(), **environment, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
         return cls(argv, env, local, served.split(",")[0], log_path)
 
@@ -139,17 +140,21 @@ class VllmServer:
         return httpx.get(f"{self.base_url}/version", timeout=5, trust_env=False).json()["version"]
 
     def stop(self, grace_s: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        """End the whole process group: vLLM's engine core is a child that can outlive a crashed server."""
+        if self.process is None:
             return
-        # vLLM's engine core runs in child processes: end the whole session.
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(grace_s)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
         try:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, 9)
-            self.process.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)  # whatever is left of the group
         except ProcessLookupError:
             pass
+        if self.process.poll() is None:
+            self.process.wait()
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)

@@ -235,6 +235,8 @@ REFUSED = [
     ("GET", "/healthz"),
     ("GET", "/v1/../health/../invocations"),
     ("GET", "http://127.0.0.1/invocations"),
+    ("OPTIONS", "/v1/chat/completions"),  # vLLM's key check skips OPTIONS
+    ("OPTIONS", "/v1/models"),
 ]
 
 

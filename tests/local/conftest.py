@@ -138,8 +138,3 @@ def gke_fronted_engine(gcp_graph) -> Iterator[RunningFronted]:
 @pytest.fixture(scope="module")
 def azure_fronted_engine(azure_graph) -> Iterator[RunningFronted]:
     yield from _fronted(azure_fronted(azure_graph, API_KEY), "azure")
-
-
-@pytest.fixture(scope="module", params=["gcp", "azure"])
-def fronted(request) -> RunningFronted:
-    return request.getfixturevalue("gke_fronted_engine" if request.param == "gcp" else "azure_fronted_engine")
