@@ -55,6 +55,7 @@ def test_the_secret_is_read_once_and_cached(secretsmanager):
     with pytest.raises(GatewayError) as raised:
         check.check({"x-api-key": "wrong"})
     assert (raised.value.status, raised.value.code) == (403, "invalid_api_key")
+    assert raised.value.message == "the API key is not valid for this gateway"
     stub.assert_no_pending_responses()
     assert created == [("secretsmanager", "eu-west-1")]  # one client, one read, for all five checks
 
@@ -104,7 +105,8 @@ def test_an_empty_secret_is_500_not_a_key_everyone_matches(secretsmanager, value
     for presented in ({"authorization": "Bearer x"}, {"x-api-key": " "}):
         with pytest.raises(GatewayError) as raised:
             check.check(presented)
-        assert (raised.value.status, raised.value.code) == (500, "gateway_misconfigured")
+        assert (raised.value.status, raised.value.code, raised.value.type) == (500, "gateway_misconfigured",
+                                                                                "server_error")
         assert raised.value.message == "the gateway's API key secret is empty"
         stub.add_response("get_secret_value", {"SecretString": value}, {"SecretId": ARN})
 
@@ -125,6 +127,8 @@ def test_missing_key_is_401_before_any_secret_read(secretsmanager):
     with pytest.raises(GatewayError) as raised:
         KeyCheck(settings()).check({})
     assert (raised.value.status, raised.value.code) == (401, "missing_api_key")
+    assert raised.value.message == ("missing API key: send `Authorization: Bearer <key>` (the openai client's "
+                                    "api_key) or `x-api-key: <key>`")
     assert created == []
 
 
