@@ -219,3 +219,39 @@ def test_edge_values_are_accepted():
     TokenAwareAutoscalingArgs(endpoint_name="ep", min_instances=1, max_instances=1,
                               target_tokens_per_minute_per_instance=1, concurrency_scale_out=False,
                               target_concurrent_requests_per_instance=0).validate()
+
+
+def test_outputs_parenting_and_the_component_named_in_refusals():
+    import pulumi
+
+    from components import InvalidArgs
+
+    def program():
+        outer = pulumi.ComponentResource("test:outer", "outer")
+        scaling = TokenAwareAutoscaling("s", TokenAwareAutoscalingArgs(
+            endpoint_name="ep", min_instances=1, max_instances=2, target_tokens_per_minute_per_instance=10),
+            pulumi.ResourceOptions(parent=outer))
+        alone = TokenAwareAutoscaling("t", TokenAwareAutoscalingArgs(
+            endpoint_name="ep2", min_instances=1, max_instances=2, target_tokens_per_minute_per_instance=10,
+            concurrency_scale_out=False))
+        return {"resource": scaling.resource_id, "tokens": scaling.token_policy_name,
+                "concurrency": scaling.concurrency_policy_name, "none": alone.concurrency_policy_name}
+
+    run = run_program(program, stack="dev")
+    assert run.outputs["resource"] == "endpoint/ep/variant/AllTraffic"
+    assert run.outputs["tokens"].startswith("s-tokens") and run.outputs["concurrency"].startswith("s-concurrency")
+    assert run.outputs["none"] is None
+    by_name = {r.name: r for r in run.resources}
+    assert by_name["s"].parent == by_name["outer"].urn  # the caller's options reach the component
+    for child in ("s-target", "s-tokens", "s-concurrency"):
+        assert by_name[child].parent == by_name["s"].urn
+    for child in ("t-target", "t-tokens"):
+        assert by_name[child].parent == by_name["t"].urn
+    for bad in ({"min_instances": 0}, {"min_instances": 3}, {"target_tokens_per_minute_per_instance": 0},
+                {"metrics_namespace": ""}, {"variant_name": ""}, {"scale_in_cooldown_seconds": -1},
+                {"target_concurrent_requests_per_instance": 0}):
+        args = {"endpoint_name": "ep", "min_instances": 1, "max_instances": 2,
+                "target_tokens_per_minute_per_instance": 10, **bad}
+        with pytest.raises(InvalidArgs) as raised:
+            TokenAwareAutoscalingArgs(**args).validate()
+        assert raised.value.component == "TokenAwareAutoscaling", bad
