@@ -237,3 +237,32 @@ def test_service_refusals_through_the_gateway(gateways, monkeypatch, code, statu
     assert response.status_code == expected_status, response.text
     assert response.json()["error"]["code"] == expected_code
     assert "retry-after" not in response.headers
+
+
+def test_messages_word_for_word_and_replies_without_an_error_body():
+    assert call_error(client_error("ThrottlingException", "Rate exceeded"), SETTINGS).message == (
+        "SageMaker throttled the call to llm-prod: Rate exceeded")
+    assert call_error(client_error("ModelNotReadyException", "warming", 429), SETTINGS).message == (
+        "the model on endpoint llm-prod is not ready yet: warming")
+    assert call_error(client_error("ServiceUnavailable", "down", 503), SETTINGS).message == (
+        "SageMaker is unavailable for endpoint llm-prod: down")
+    missing = call_error(client_error("ValidationError", "Endpoint llm-prod not found."), SETTINGS)
+    assert missing.type == "server_error"
+    # A reply with no error body at all, or a code without a message.
+    bare = call_error(boto.ClientError({}, "InvokeEndpointWithResponseStream"), SETTINGS)
+    assert (bare.status, bare.code) == (502, "upstream_error")
+    assert bare.message == ("SageMaker failed the call (): An error occurred (Unknown) when calling the "
+                            "InvokeEndpointWithResponseStream operation: Unknown")
+    odd = call_error(boto.ClientError({"Error": {"Code": "Weird"}}, "Op"), SETTINGS)
+    assert (odd.code, odd.message) == ("weird", "SageMaker failed the call (Weird): An error occurred (Weird) "
+                                                "when calling the Op operation: Unknown")
+
+
+def test_stream_failure_text():
+    assert str(StreamFailure("Code", "msg")) == "Code: msg"
+    quiet = stream_failure(boto.ReadTimeoutError(endpoint_url="https://x"))
+    assert quiet.code == "ReadTimeout"
+    assert quiet.message == 'no byte within the read timeout (Read timeout on endpoint URL: "https://x")'
+    assert quiet.gateway_error().message == f"the endpoint stopped sending: {quiet.message}"
+    coded = stream_failure(boto.EventStreamError({"Error": {"Code": "X"}}, "Op"))
+    assert (coded.code, coded.message) == ("X", "An error occurred (X) when calling the Op operation: Unknown")
