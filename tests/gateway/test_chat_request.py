@@ -137,3 +137,13 @@ def test_accepted_edge_values(extra):
 )
 def test_accepted_messages(messages):
     assert parse({"messages": messages}).body["messages"] == messages
+
+
+def test_survivors_of_mutation_testing():
+    # stream_options without include_usage: no usage chunk for the client.
+    assert parse({"messages": MESSAGES, "stream": True, "stream_options": {}}).include_usage is False
+    # A tool-call turn without content does not end the check of the turns after it.
+    err = refused({"messages": [{"role": "assistant", "tool_calls": [{"id": "1"}]}, {"role": "wizard", "content": "x"}]})
+    assert err.param == "messages[1].role"
+    # JSON null as the whole body.
+    assert refused(b"null").message == "the request body must be a JSON object, got null"
