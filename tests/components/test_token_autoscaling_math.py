@@ -234,6 +234,8 @@ def test_outputs_parenting_and_the_component_named_in_refusals():
         alone = TokenAwareAutoscaling("t", TokenAwareAutoscalingArgs(
             endpoint_name="ep2", min_instances=1, max_instances=2, target_tokens_per_minute_per_instance=10,
             concurrency_scale_out=False))
+        # Always an Output, even without the fast policy: callers apply() it.
+        assert isinstance(alone.concurrency_policy_name, pulumi.Output)
         return {"resource": scaling.resource_id, "tokens": scaling.token_policy_name,
                 "concurrency": scaling.concurrency_policy_name, "none": alone.concurrency_policy_name}
 
