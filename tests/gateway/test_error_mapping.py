@@ -266,3 +266,8 @@ def test_stream_failure_text():
     assert quiet.gateway_error().message == f"the endpoint stopped sending: {quiet.message}"
     coded = stream_failure(boto.EventStreamError({"Error": {"Code": "X"}}, "Op"))
     assert (coded.code, coded.message) == ("X", "An error occurred (X) when calling the Op operation: Unknown")
+
+
+def test_credential_and_unknown_failure_messages():
+    assert call_error(boto.NoCredentialsError(), SETTINGS).message == "the gateway has no AWS credentials"
+    assert call_error(RuntimeError("boom"), SETTINGS).message == "calling SageMaker failed: RuntimeError: boom"
