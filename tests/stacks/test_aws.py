@@ -141,21 +141,16 @@ def test_token_policy_tracks_tokens_per_minute_per_instance(aws):
     })
 
 
-def test_token_metric_falls_as_instances_are_added():
-    """Evaluate the policy's expression with CloudWatch's semantics on a fixed fleet load."""
-    from components.token_autoscaling import TOKENS_PER_INSTANCE_EXPRESSION
+def test_token_metric_falls_as_instances_are_added(aws):
+    """The stack's own policy queries, evaluated with CloudWatch's metric-math semantics
+    (tests/components/metric_math.py): per instance, falling as instances are added, 0 when idle."""
+    from tests.components.test_token_autoscaling_math import tokens_per_instance
 
-    assert TOKENS_PER_INSTANCE_EXPRESSION.startswith("IF(")
-
-    def evaluate(tokens: float, invocations: float, instances: int) -> float:
-        per_instance = invocations / instances
-        # IF(invocations > 0, tokens * per_instance / invocations, 0)
-        return tokens * per_instance / invocations if invocations > 0 else 0.0
-
-    fleet_tokens, fleet_invocations = 120_000.0, 600.0
-    values = [evaluate(fleet_tokens, fleet_invocations, n) for n in (1, 2, 3, 4)]
-    assert values == sorted(values, reverse=True) and values[0] == fleet_tokens and values[-1] == fleet_tokens / 4
-    assert evaluate(0, 0, 1) == 0.0
+    config = _policies(aws)["tokens"].inputs["targetTrackingScalingPolicyConfiguration"]
+    queries = config["customizedMetricSpecification"]["metrics"]
+    values = [tokens_per_instance(queries, 120_000, 600, n) for n in (1, 2, 3, 4)]
+    assert values == pytest.approx([120_000, 60_000, 40_000, 30_000])
+    assert tokens_per_instance(queries, 0, 0, 3) == 0
 
 
 def test_fast_policy_uses_the_high_resolution_concurrency_metric(aws):
