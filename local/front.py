@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +41,20 @@ def with_ports(caddyfile: str, moves: Mapping[str, str]) -> str:
     return text
 
 
+def wait_listening(port: int, process: subprocess.Popen, log_path: Path, timeout_s: float = 20.0) -> None:
+    """Until caddy (`process`) accepts connections on 127.0.0.1:`port`; its log tail if it exits or never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LocalSetupError(f"caddy exited with {process.returncode}:\n{tail(log_path)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise LocalSetupError(f"caddy did not listen on {port} within {timeout_s:.0f}s:\n{tail(log_path)}")
+
+
 class CaddyFront:
     """`with CaddyFront(text, workdir) as front:` runs `caddy run` on that config until the block ends."""
 
@@ -61,19 +77,7 @@ class CaddyFront:
         return self
 
     def wait_listening(self, port: int, timeout_s: float = 20.0) -> None:
-        import socket
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LocalSetupError(f"caddy exited with {self.process.returncode}:\n{tail(self.log_path)}")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise LocalSetupError(f"caddy did not listen on {port} within {timeout_s:.0f}s:\n{tail(self.log_path)}")
+        wait_listening(port, self.process, self.log_path, timeout_s)
 
     def __exit__(self, *exc_info) -> None:
         if self.process is not None and self.process.poll() is None:

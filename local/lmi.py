@@ -195,6 +195,10 @@ class LocalSubstitution:
         env["HF_MODEL_ID"] = str(self.model_dir)
         return env
 
+    def engine_environment(self) -> dict[str, str]:
+        """What every local vLLM gets on top of the deployment's environment: the KV cache size, no telemetry."""
+        return {"VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+
 
 def inherited_environment() -> dict[str, str]:
     """This process's environment less what would change the engine: a developer's VLLM_* (VLLM_API_KEY would
@@ -210,9 +214,7 @@ def engine_command(python: Path, container_environment: Mapping[str, str], local
         "LMI_LOCAL_HOST": local.host,
         "LMI_LOCAL_PORT": str(local.port),
         "LMI_LOCAL_GPU_COUNT": str(local.gpu_count),
-        "VLLM_CPU_KVCACHE_SPACE": str(local.kv_cache_gib),
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
+        **local.engine_environment(),
     }
     return [str(python), "-m", "local.lmi"], env
 

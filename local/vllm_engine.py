@@ -94,6 +94,11 @@ def local_arguments(deployed: Sequence[str], local: LocalSubstitution) -> list[s
     return out
 
 
+def _local(port: int | None, kv_cache_gib: int) -> tuple[Path, LocalSubstitution]:
+    python = vllm_python()
+    return python, LocalSubstitution(model_dir=ensure_hf_model(python), port=port or free_port(), kv_cache_gib=kv_cache_gib)
+
+
 class VllmServer:
     """A running vLLM OpenAI server; `with VllmServer.from_...(...) as server:` stops it reliably."""
 
@@ -104,19 +109,16 @@ class VllmServer:
     @classmethod
     def from_arguments(cls, deployed_args: Sequence[str], log_path: Path, *, environment: Mapping[str, str] = {},
                        port: int | None = None, kv_cache_gib: int = 1) -> VllmServer:
-        python = vllm_python()
-        local = LocalSubstitution(model_dir=ensure_hf_model(python), port=port or free_port(), kv_cache_gib=kv_cache_gib)
+        python, local = _local(port, kv_cache_gib)
         argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", *local_arguments(deployed_args, local)]
         served = argv[argv.index("--served-model-name") + 1]
-        env = {**inherited_environment(), **environment, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib),
-               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {**inherited_environment(), **environment, **local.engine_environment()}
         return cls(argv, env, local, served.split(",")[0], log_path)
 
     @classmethod
     def from_lmi_environment(cls, container_environment: Mapping[str, str], log_path: Path, *,
                              port: int | None = None, kv_cache_gib: int = 1) -> VllmServer:
-        python = vllm_python()
-        local = LocalSubstitution(model_dir=ensure_hf_model(python), port=port or free_port(), kv_cache_gib=kv_cache_gib)
+        python, local = _local(port, kv_cache_gib)
         argv, env = engine_command(python, container_environment, local)
         return cls(argv, env, local, served_names(lmi_properties(container_environment))[0], log_path)
 

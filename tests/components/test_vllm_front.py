@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -23,14 +22,9 @@ from pathlib import Path
 import pytest
 
 from components.vllm_front import HEALTH_PATH, METRICS_PATH, REFUSED_BODY, REFUSED_STATUS, caddyfile
+from local.front import caddy_binary, wait_listening
 
 API_KEY = "test-key-0123456789"  # pragma: allowlist secret (test value)
-
-
-def caddy_binary() -> str:
-    path = os.environ.get("CADDY") or shutil.which("caddy")
-    assert path, "caddy is not installed: apt-get install -y caddy (.ci/run does it)"
-    return path
 
 
 def free_port() -> int:
@@ -123,18 +117,6 @@ def request(
         return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
     finally:
         conn.close()
-
-
-def wait_listening(port: int, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"caddy exited: {log.read_text()}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"caddy did not listen on {port}: {log.read_text()}")
 
 
 @pytest.fixture(scope="module")
