@@ -1,6 +1,5 @@
-"""Post-deploy benchmark, capacity planner and the shared hardware/price catalog.
-
-Kept import-light: the stacks import `bench.catalog`, which must not pull in HTTP clients or plotting.
+"""The post-deploy load tester. The capacity planner and the hardware/price catalog are `planning/`
+(`python -m bench plan` and `recommend` run them); infrastructure imports `planning`, never `bench`.
 
 Python API (what `python -m bench` runs):
     bench.run(["https://host/v1", "--concurrency", "8", "--requests", "100", "--out", "results/x"]) -> exit code

@@ -7,27 +7,17 @@ stderr); 3 stopped by --max-error-rate; 130 interrupted (partial results written
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
 import re
-import signal
 import sys
-import threading
 from pathlib import Path
 
+from bench.cli_base import USAGE_EXIT, ArgParser, interruptible
 from bench.config import DEFAULT_RATE_CAP, BenchConfig, UsageError
 
 SUBCOMMANDS = ("compare", "mock-server", "plan", "recommend")
-USAGE_EXIT = 2
-
-
-class ArgParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument on one line and exits 2."""
-
-    def error(self, message: str):
-        self.exit(USAGE_EXIT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -171,7 +161,7 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     if args.price_per_hour is not None:
         price, price_source = _positive(args.price_per_hour, "--price-per-hour"), "--price-per-hour"
     elif args.instance:
-        from bench import catalog
+        from planning import catalog
 
         try:
             price, price_source = catalog.hourly_price(args.instance), f"catalog {args.instance}"
@@ -284,31 +274,6 @@ def urlparse_host(url: str) -> str:
     return urlsplit(url).hostname or url
 
 
-@contextlib.contextmanager
-def interruptible():
-    """Ctrl-C (SIGINT) and SIGTERM stop the run and keep its partial results.
-
-    A process started in the background by a non-interactive shell (nohup, CI, `cmd &`) inherits SIGINT
-    ignored, and Python then leaves it ignored: set it explicitly. SIGTERM (kill, timeout, a
-    supervisor) takes the same path instead of killing the run before it writes anything.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # bench.run from a thread: signals are the caller's business
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
-
-
 def run_bench(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -353,10 +318,10 @@ def _dispatch(argv: list[str]) -> int:
 
             return mock_main(rest)
         if command == "plan":
-            from bench.planner import main as plan_main
+            from planning.planner import main as plan_main
 
             return plan_main(rest)
-        from bench.recommend import main as recommend_main
+        from planning.recommend import main as recommend_main
 
         return recommend_main(rest)
     try:

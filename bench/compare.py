@@ -93,7 +93,7 @@ def render(runs: list[tuple[str, dict]], charts: list[Path]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    from bench.cli import ArgParser
+    from bench.cli_base import ArgParser
 
     p = ArgParser(prog="python -m bench compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="DIR", help="results directories of `python -m bench`")

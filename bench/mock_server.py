@@ -437,7 +437,7 @@ def _serve_forever(cfg: MockConfig, host: str, port: int, reuse_port: bool, loop
 
 
 def main(argv: list[str]) -> int:
-    from bench.cli import ArgParser
+    from bench.cli_base import ArgParser
 
     p = ArgParser(prog="python -m bench mock-server", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -498,7 +498,7 @@ def main(argv: list[str]) -> int:
     ]
     for proc in procs:
         proc.start()
-    from bench.cli import interruptible
+    from bench.cli_base import interruptible
 
     # SIGTERM (kill, a supervisor) stops the servers as Ctrl-C does, rather than orphaning them on the port.
     try:

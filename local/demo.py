@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    from bench.cli import interruptible
+    from bench.cli_base import interruptible
 
     started = time.monotonic()
     # SIGTERM (CI, a supervisor) and Ctrl-C, even when started in the background, take the clean-up path.

@@ -6,15 +6,16 @@ from typing import Any
 
 import pulumi
 
-from bench import catalog
-from bench.planner import check_stack_fit
 from components.aws_common import sagemaker_instance_types
-from components.cost_budget import budget_args_from_config, create_budget
+from components.cost_budget import create_budget
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs, derived_endpoint_name
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
 from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
+from planning import catalog
+from stacks.budget import budget_args_from_config
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
+from stacks.fit import check_stack_fit
 
 # Component field -> config key, so a bad value is reported under the key the user set.
 CONFIG_KEYS = {

@@ -13,12 +13,13 @@ from typing import Any
 import pulumi
 from pulumi_azure_native import resources
 
-from bench import catalog
-from bench.planner import check_stack_fit
 from components.azure_network import AzureNetwork, AzureNetworkArgs, azure_name
 from components.azure_vllm_vm import A10_V5_SIZES, AzureVllmVm, AzureVllmVmArgs
-from components.cost_budget import budget_args_from_config, create_budget
+from components.cost_budget import create_budget
+from planning import catalog
+from stacks.budget import budget_args_from_config
 from stacks.config import PROJECT, ConfigError, StackConfig, config_keys, standard_tags
+from stacks.fit import check_stack_fit
 
 # Component field -> config key, so a bad value is reported under the key the user set.
 CONFIG_KEYS = {

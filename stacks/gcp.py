@@ -9,12 +9,13 @@ import pulumi
 from pulumi_gcp import organizations
 from pulumi_kubernetes import Provider as KubernetesProvider
 
-from bench import catalog
-from bench.planner import check_stack_fit
-from components.cost_budget import budget_args_from_config, create_budget
+from components.cost_budget import create_budget
 from components.gke_cluster import GkeCluster, GkeClusterArgs
 from components.vllm_kubernetes import VllmKubernetes, VllmKubernetesArgs
+from planning import catalog
+from stacks.budget import budget_args_from_config
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
+from stacks.fit import check_stack_fit
 
 # Component field -> config key, so a bad value is reported under the key the user set.
 CONFIG_KEYS = {
@@ -84,7 +85,7 @@ def gpu_machine(cfg: StackConfig) -> catalog.Instance:
             cfg.key("gkeMachineType"),
             name,
             f"is not a GCP GPU machine type the catalog knows ({', '.join(known)})",
-            "pick one of those, or add the type to bench/catalog.py",
+            "pick one of those, or add the type to planning/catalog.py",
         )
     return machine
 

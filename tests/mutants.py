@@ -44,7 +44,7 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                                                               "tests/components/test_aws_endpoint.py"]),
     "endpoint-monitoring": (["components/endpoint_monitoring.py"],
                             ["tests/components/test_token_autoscaling_math.py", "tests/components/test_aws_endpoint.py"]),
-    "planner": (["bench/planner.py"], ["tests/bench/test_planner.py"]),
+    "planner": (["planning/planner.py"], ["tests/planning/test_planner.py"]),
 }
 
 ALSO_COPY = ["bench", "components", "stacks", "local", "policy", "lambda", "gateway", "__main__.py", "Pulumi.yaml",

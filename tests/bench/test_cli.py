@@ -153,7 +153,7 @@ def test_stack_without_pulumi_cli(monkeypatch, capsys, tmp_path):
 @pytest.mark.parametrize("name", ["plan", "recommend"])
 def test_planner_subcommands_are_dispatched_lazily(monkeypatch, name):
     seen = {}
-    module = types.ModuleType(f"bench.{'planner' if name == 'plan' else 'recommend'}")
+    module = types.ModuleType(f"planning.{'planner' if name == 'plan' else 'recommend'}")
     module.main = lambda argv: seen.setdefault("argv", argv) and 7
     monkeypatch.setitem(sys.modules, module.__name__, module)
     assert bench.run([name, "--x", "1"]) == 7
@@ -168,6 +168,6 @@ def test_help_exits_0(capsys):
 def test_import_bench_stays_light():
     import subprocess
 
-    code = "import sys, bench, bench.catalog; heavy = {'aiohttp', 'httpx', 'matplotlib', 'rich', 'numpy'} & set(sys.modules); print(sorted(heavy))"
+    code = "import sys, bench, planning.catalog, planning.planner, planning.recommend; heavy = {'aiohttp', 'httpx', 'matplotlib', 'rich', 'numpy'} & set(sys.modules); print(sorted(heavy))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

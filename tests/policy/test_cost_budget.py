@@ -13,9 +13,9 @@ from components.cost_budget import (
     AzureCostBudget,
     AzureCostBudgetArgs,
     GcpCostBudgetArgs,
-    budget_from_config,
 )
 from policy import Node, check_graph
+from stacks.budget import budget_from_config
 from stacks.config import ConfigError, StackConfig
 from tests.pulumi_harness import StackRun, run_program, stack_config
 

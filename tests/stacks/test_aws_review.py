@@ -330,7 +330,7 @@ def test_bundle_entries_are_unix_made_with_modes_even_on_windows(tmp_path, monke
 
 
 def test_bench_recommend_proposes_the_token_target_the_stack_reads():
-    from bench.recommend import AUTOSCALING_KEYS
+    from planning.recommend import AUTOSCALING_KEYS
 
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert "targetTokensPerMinutePerInstance" in AUTOSCALING_KEYS["aws"]

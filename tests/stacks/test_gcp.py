@@ -22,7 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bench import catalog
+from planning import catalog
 from components.gke_cluster import gcp_labels
 from components.vllm_kubernetes import TOKENS_PER_SECOND_METRIC, WAITING_REQUESTS_METRIC
 from stacks.config import ConfigError

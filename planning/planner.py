@@ -5,8 +5,8 @@ cloud's stack deploys), the memory budget (weights + KV cache + overhead vs GPU 
 gpu_memory_utilization), roofline estimates of decode and prefill at each concurrency, and the cost per
 1k/1M output tokens at that throughput. Every estimate is printed with the inputs of its formula.
 
-The same arithmetic backs the stacks' fit check (`check_fits`, `check_stack_fit`), which refuses at
-preview time a model that cannot load, or a context its KV cache cannot hold.
+The same arithmetic backs the stacks' fit check (`check_fits`; `stacks.fit.check_stack_fit` reads the
+stack's config), which refuses at preview time a model that cannot load, or a context its KV cache cannot hold.
 
 Model of the engine (vLLM, tensor-parallel over every GPU of the instance):
 - budget per GPU = visible memory x gpu_memory_utilization
@@ -32,8 +32,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from bench import catalog
-from bench.catalog import GB, Instance, ModelSpec
+from planning import catalog
+from planning.catalog import GB, Instance, ModelSpec
 
 DEFAULT_MODEL_ID = "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"
 KV_BLOCK_TOKENS = 16  # vLLM allocates the KV cache in blocks of 16 tokens
@@ -512,102 +512,6 @@ def cheapest_fitting(
         if plan_memory(spec, candidate, engine).fits:
             return candidate
     return None
-
-
-# Fit-check field -> the project config key holding the value.
-STACK_KEYS = {"model": "modelId", "max_model_len": "maxModelLen"}
-
-# vLLM --quantization methods whose weight size the catalog knows. Only consulted for a checkpoint
-# the id says is 16-bit: vLLM then quantizes it on load (fp8), or the id hides an AWQ/GPTQ repo.
-VLLM_QUANTIZATIONS = {
-    "awq": "awq-int4",
-    "awq_marlin": "awq-int4",
-    "gptq": "gptq-int4",
-    "gptq_marlin": "gptq-int4",
-    "fp8": "fp8",
-}
-
-
-def check_stack_fit(
-    cfg: Any,
-    *,
-    instance_key: str,
-    instance_type: str | None = None,
-    quantization_key: str | None = None,
-    instance_choices: Collection[str] | None = None,
-) -> MemoryPlan | None:
-    """The stacks' preview-time fit check: raise `stacks.config.ConfigError` naming the offending key.
-
-    `cfg` is a `stacks.config.StackConfig`; `instance_key` the config key of the instance/VM/machine
-    type (`instance_type` when the stack has already read it); `quantization_key` the key of the
-    engine's --quantization, where the stack has one; `instance_choices` the types the stack accepts
-    under `instance_key` (default: any of the cloud's), so that a bigger one it suggests is one the
-    stack can deploy. Reads modelId, maxModelLen, maxBatchSize, gpuMemoryUtilization, fitCheckModel
-    ("off" skips the check; a catalog name sizes a custom modelId) and fitCheckQuantization.
-    """
-    from stacks.config import ConfigError  # lazily: bench stays importable without Pulumi
-
-    sized_as = cfg.text("fitCheckModel", allow_empty=True)
-    if sized_as.lower() == "off":
-        return None
-    quant = cfg.text("fitCheckQuantization", allow_empty=True) or None
-    if quant is not None and quant.lower() not in catalog.QUANTIZATIONS:
-        raise ConfigError(cfg.key("fitCheckQuantization"), quant, f"is not one of: {', '.join(catalog.QUANTIZATIONS)}")
-    if sized_as and sized_as.lower() not in catalog.MODELS:
-        raise ConfigError(
-            cfg.key("fitCheckModel"),
-            sized_as,
-            f"is not a catalog model ({', '.join(catalog.MODELS)}) or off",
-        )
-    instance_type = instance_type or cfg.text(instance_key)
-    model_id = cfg.text("modelId")
-    if quant is None and quantization_key:
-        engine_quant = VLLM_QUANTIZATIONS.get(cfg.text(quantization_key, allow_empty=True).lower())
-        by_name = catalog.resolve_model(sized_as or model_id)
-        if engine_quant and by_name is not None and by_name.quantization.name in ("fp16", "bf16"):
-            quant = engine_quant
-    values = {
-        "modelId": model_id,
-        "maxModelLen": cfg.integer("maxModelLen", minimum=1),
-    }
-    try:
-        return check_fits(
-            model_id,
-            instance_type,
-            values["maxModelLen"],
-            cfg.integer("maxBatchSize", minimum=1),
-            cfg.number("gpuMemoryUtilization", minimum=0.1, maximum=0.98),
-            quant,
-            catalog_model=sized_as or None,
-        )
-    except ModelDoesNotFit as err:
-        if instance_choices is not None and err.bigger and err.bigger.name not in instance_choices:
-            plan = err.plan
-            err.bigger = cheapest_fitting(plan.spec, plan.engine, like=plan.instance, among=instance_choices)
-        key = STACK_KEYS.get(err.field, "modelId")
-        util = err.plan.engine.gpu_memory_utilization
-        problem = err.problem.replace("max_model_len", "maxModelLen").replace(
-            f"usable at {util:g}", f"usable at gpuMemoryUtilization {util:g}"
-        )
-        fix = err.suggestion(cfg.key("maxModelLen"), cfg.key(instance_key))
-        plan_cmd = f"`{_plan_command(err.plan, sized_as or model_id, quant)}` shows the budget"
-        raise ConfigError(cfg.key(key), values[key], problem, f"{fix}; {plan_cmd}" if fix else plan_cmd) from err
-
-
-def _plan_command(plan: MemoryPlan, model: str, quantization: str | None) -> str:
-    """The `bench plan` command that shows the budget the fit check computed (same model and settings)."""
-    parts = ["python -m bench plan", f"--model {model}"]
-    if quantization:
-        parts.append(f"--quantization {plan.spec.quantization.name}")
-    parts.append(f"--instance {plan.instance.name}")
-    engine, default = plan.engine, Engine()
-    if engine.max_model_len != default.max_model_len:
-        parts.append(f"--max-model-len {engine.max_model_len}")
-    if engine.max_batch_size != default.max_batch_size:
-        parts.append(f"--max-batch-size {engine.max_batch_size}")
-    if engine.gpu_memory_utilization != default.gpu_memory_utilization:
-        parts.append(f"--gpu-memory-utilization {engine.gpu_memory_utilization:g}")
-    return " ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import catalog
-from bench.catalog import GB
+from planning import catalog
+from planning.catalog import GB
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -244,8 +244,8 @@ def test_catalog_and_planner_import_without_pulumi_httpx_or_matplotlib():
         "import sys\n"
         "for name in ('pulumi', 'httpx', 'aiohttp', 'matplotlib', 'rich', 'yaml', 'numpy'):\n"
         "    sys.modules[name] = None  # any import of these now fails\n"
-        "import bench.catalog, bench.planner\n"
-        "bench.planner.check_fits('meta-llama/Llama-3.1-8B-Instruct', 'g2-standard-8', 8192, 64, 0.9)\n"
+        "import planning.catalog, planning.planner\n"
+        "planning.planner.check_fits('meta-llama/Llama-3.1-8B-Instruct', 'g2-standard-8', 8192, 64, 0.9)\n"
         "print('ok')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

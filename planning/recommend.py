@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench import catalog, planner
+from planning import catalog, planner
 
 PERCENTILES = ("p50", "p90", "p95", "p99", "max", "mean")
 PROJECT = "llm-inference"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import recommend
+from planning import recommend
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "hugging-quants/Meta-Llama-3.1-8B-Instruct-AWQ-INT4"
