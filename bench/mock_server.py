@@ -22,6 +22,11 @@ spread; or per request with the header `X-Mock-Fault: KIND`):
   buffered       SSE, but everything written at once at the end (a buffering gateway)
   not_streaming  one JSON chat.completion with X-TTFT-MS headers (a non-streaming gateway)
   empty          a stream with no content
+
+Capacity (bench/mock_capacity.py; `--max-concurrent`, `--capacity-schedule`, `--autoscale`): N slots serve
+at once and the rest wait in a queue (their TTFT includes the wait), the slots changing on a schedule or
+as a scripted autoscaler would; `GET /capacity` tells slots, queue and every change, `GET /metrics` has
+vLLM's gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`, token counters).
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from time import perf_counter_ns
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+from bench.mock_capacity import Autoscale, Capacity, check_capacity_config, prometheus_text
 
 FAULTS = (
     "http_401",
@@ -74,6 +81,12 @@ class MockConfig:
     seed: int = 0
     # Seconds an idle keep-alive connection stays open (uvicorn, under vLLM, closes after 5).
     keepalive_s: float = 75.0
+    # Capacity (bench/mock_capacity.py): slots serving at once (None: no limit), the rest queue.
+    max_concurrent: int | None = None
+    capacity_schedule: tuple = ()  # ((seconds after start, slots), ...)
+    autoscale: Autoscale | None = None
+    slots_per_instance: int | None = None  # for instance counts (default: max_concurrent, one instance)
+    max_queue: int | None = None  # more waiting than this get a 503 (None: the queue is unbounded)
 
     def __post_init__(self):
         for kind, fraction in self.faults.items():
@@ -87,6 +100,8 @@ class MockConfig:
             raise ValueError("tokens_per_chunk must be >= 1")
         if self.keepalive_s <= 0:
             raise ValueError("keepalive_s must be > 0 seconds")
+        check_capacity_config(self.max_concurrent, self.capacity_schedule, self.autoscale,
+                              self.slots_per_instance, self.max_queue)
 
 
 def _sse(obj) -> bytes:
@@ -108,6 +123,12 @@ class _State:
         self._fault_total = sum(fraction for _kind, fraction in self._fault_table)
         self._faulted = 0
         self._served: collections.Counter = collections.Counter()
+        self.capacity = (Capacity(cfg.max_concurrent, cfg.capacity_schedule, cfg.autoscale,
+                                  cfg.slots_per_instance, cfg.max_queue)
+                         if cfg.max_concurrent is not None else None)
+        self.generation_tokens = 0  # for /metrics
+        self.prompt_tokens = 0
+        self.successes = 0
 
     def pick_fault(self, index: int) -> str | None:
         # Request i is faulted when floor((i+1)*F) > floor(i*F), F the fractions' sum: exactly floor(n*F)
@@ -148,6 +169,17 @@ def build_app(cfg: MockConfig) -> web.Application:
                 "arrivals_ns": list(state.arrivals_ns),
             }
         )
+
+    async def capacity(_request: web.Request) -> web.Response:
+        if state.capacity is None:
+            return web.json_response({"slots": None, "running": state.in_flight, "waiting": 0, "events": []})
+        return web.json_response(state.capacity.snapshot())
+
+    async def metrics(_request: web.Request) -> web.Response:
+        cap = state.capacity
+        text = prometheus_text(cfg.model, cap.running if cap else state.in_flight, cap.waiting if cap else 0,
+                               state.generation_tokens, state.prompt_tokens, state.successes, cap)
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def chat(request: web.Request) -> web.StreamResponse:
         state.in_flight += 1
@@ -210,9 +242,38 @@ def build_app(cfg: MockConfig) -> web.Application:
             for _ in chunks[1:]
         ]
         want_usage = cfg.usage and bool((payload.get("stream_options") or {}).get("include_usage"))
-        if fault == "not_streaming" or not payload.get("stream"):
-            return await _not_streaming(request, cfg, t_recv, ttft_ns, gaps_ns, n)
-        return await _stream(request, cfg, fault, t_recv, ttft_ns, gaps_ns, chunks, want_usage, index)
+        streamed = fault != "not_streaming" and bool(payload.get("stream"))
+        cap = state.capacity
+        if cap is None:
+            return await _serve(request, streamed, fault, t_recv, t_recv, ttft_ns, gaps_ns, chunks, want_usage, index)
+        if cap.full():
+            cap.rejected += 1
+            return web.json_response(
+                {"error": {"message": f"mock queue full ({cap.waiting} waiting, {cap.slots} slots)",
+                           "type": "mock_error", "code": 503}}, status=503)
+        # Served once a slot is free: the reply's timing starts then, its reported TTFT at arrival.
+        t_start = perf_counter_ns() if await cap.acquire() else t_recv
+        try:
+            return await _serve(request, streamed, fault, t_recv, t_start, ttft_ns, gaps_ns, chunks, want_usage, index)
+        finally:
+            cap.release()
+
+    async def _serve(request, streamed, fault, t_recv, t_start, ttft_ns, gaps_ns, chunks, want_usage, index):
+        state.prompt_tokens += 8
+        if not streamed:
+            return await _not_streaming(request, state, t_recv, t_start, ttft_ns, gaps_ns, sum(chunks))
+        return await _stream(request, state, fault, t_recv, t_start, ttft_ns, gaps_ns, chunks, want_usage, index)
+
+    async def on_startup(_app: web.Application) -> None:
+        if state.capacity is not None:
+            state.capacity.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        if state.capacity is not None:
+            await state.capacity.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
 
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/chat/completions", chat)
@@ -220,6 +281,8 @@ def build_app(cfg: MockConfig) -> web.Application:
     app.router.add_get("/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/mock/stats", stats)
+    app.router.add_get("/capacity", capacity)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -229,8 +292,11 @@ async def _sleep_until(t_ns: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _not_streaming(request, cfg: MockConfig, t_recv, ttft_ns, gaps_ns, n) -> web.Response:
-    await _sleep_until(t_recv + ttft_ns + sum(gaps_ns))
+async def _not_streaming(request, state: _State, t_recv, t_start, ttft_ns, gaps_ns, n) -> web.Response:
+    cfg = state.cfg
+    await _sleep_until(t_start + ttft_ns + sum(gaps_ns))
+    state.generation_tokens += n
+    state.successes += 1
     elapsed_ms = (perf_counter_ns() - t_recv) / 1e6
     body = {
         "id": "chatcmpl-mock",
@@ -243,7 +309,8 @@ async def _not_streaming(request, cfg: MockConfig, t_recv, ttft_ns, gaps_ns, n) 
     return web.json_response(body, headers=headers)
 
 
-async def _stream(request, cfg: MockConfig, fault, t_recv, ttft_ns, gaps_ns, chunks, want_usage, index):
+async def _stream(request, state: _State, fault, t_recv, t_start, ttft_ns, gaps_ns, chunks, want_usage, index):
+    cfg = state.cfg
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     base = {"id": f"chatcmpl-mock-{index}", "object": "chat.completion.chunk", "model": cfg.model}
@@ -260,7 +327,7 @@ async def _stream(request, cfg: MockConfig, fault, t_recv, ttft_ns, gaps_ns, chu
         await send(_sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}))
     half = len(chunks) // 2
     written: list[int] = []
-    due = t_recv + ttft_ns
+    due = t_start + ttft_ns
     for j, size in enumerate(chunks):
         if j == half and fault in ("stream_cut", "truncated", "malformed_sse", "stream_error", "stall"):
             if fault == "stream_cut":
@@ -280,9 +347,11 @@ async def _stream(request, cfg: MockConfig, fault, t_recv, ttft_ns, gaps_ns, chu
         if fault == "empty":
             continue
         text = "tok " * size
+        state.generation_tokens += size
         written.append(await send(_sse({**base, "choices": [{"index": 0, "delta": {"content": text}}]})))
     await send(_sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}))
     n = sum(chunks) if fault != "empty" else 0
+    state.successes += 1
     if want_usage:
         await send(_sse({**base, "choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": n + 8}}))
     if cfg.metrics_comment and written:
@@ -459,8 +528,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keepalive-s", type=float, default=75.0,
                    help="close idle keep-alive connections after this many seconds (uvicorn: 5)")
+    p.add_argument("--max-concurrent", type=int, help="slots serving at once; the rest wait in a queue")
+    p.add_argument("--capacity-schedule", metavar="T:SLOTS,...", help="slots at T seconds after start, e.g. 0:4,30:8")
+    p.add_argument("--autoscale", metavar="max=N,...",
+                   help="scripted autoscaler: max=SLOTS[,queue=N][,sustain=S][,provision=S][,step=N]"
+                        "[,cooldown=S][,scale_in=S]")
+    p.add_argument("--slots-per-instance", type=int, help="slots per instance for /capacity's instance counts")
+    p.add_argument("--max-queue", type=int, help="reply 503 when this many already wait")
     args = p.parse_args(argv)
     try:
+        from bench.mock_capacity import parse_autoscale, parse_schedule
+
+        schedule = parse_schedule(args.capacity_schedule) if args.capacity_schedule else ()
+        autoscale = parse_autoscale(args.autoscale) if args.autoscale else None
         cfg = MockConfig(
             ttft_ms=args.ttft_ms,
             itl_ms=args.itl_ms,
@@ -476,6 +556,11 @@ def main(argv: list[str]) -> int:
             model=args.model,
             seed=args.seed,
             keepalive_s=args.keepalive_s,
+            max_concurrent=args.max_concurrent,
+            capacity_schedule=schedule,
+            autoscale=autoscale,
+            slots_per_instance=args.slots_per_instance,
+            max_queue=args.max_queue,
         )
     except ValueError as exc:
         p.error(str(exc))
