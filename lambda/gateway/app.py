@@ -16,6 +16,8 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,6 +35,12 @@ log = logging.getLogger("gateway")
 Emit = Callable[[dict[str, Any]], None]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# CORS (only for GATEWAY_CORS_ORIGINS): what the browser may send, and which reply headers its page may read.
+CORS_ALLOW_METHODS = ("GET", "POST")
+CORS_ALLOW_HEADERS = ("authorization", "content-type", "x-api-key")
+CORS_EXPOSE_HEADERS = ("X-Request-Id", "X-Completion-Tokens", "X-TTFT-MS", "X-Tokens-Per-Second", "X-Cost-Per-1K-USD",
+                       "Retry-After")
+CORS_MAX_AGE_SECONDS = 600
 
 
 class ClientGone(Exception):
@@ -151,7 +159,29 @@ def create_app(settings: Settings | None = None, *, emit: Emit | None = None) ->
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},
+        middleware=cors_middleware(settings),
     )
+
+
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """Starlette's CORS middleware for the configured origins only (none: no CORS headers at all).
+
+    It answers a preflight (OPTIONS with Origin and Access-Control-Request-Method) itself, before routing
+    and so before the key check: browsers send no credentials on a preflight (Fetch standard, CORS-preflight
+    request). An origin not on the list gets a 400 preflight and no Access-Control-Allow-Origin, so the
+    browser keeps the reply from that page. No credentials mode: the key travels in a header the page sets.
+    """
+    if not settings.cors_origins:
+        return []
+    return [Middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=list(CORS_ALLOW_METHODS),
+        allow_headers=list(CORS_ALLOW_HEADERS),
+        expose_headers=list(CORS_EXPOSE_HEADERS),
+        allow_credentials=False,
+        max_age=CORS_MAX_AGE_SECONDS,
+    )]
 
 
 async def _relayed(endpoint: EndpointStream, chat: ChatRequest, chunks: Chunks, log_line) -> AsyncIterator[bytes]:

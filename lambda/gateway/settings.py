@@ -7,10 +7,13 @@ misconfigured Lambda fails its first start with a line that says what to fix.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_NAMESPACE = "LLMInference"
+# A browser origin: scheme, host, optional port; no path, no wildcard (what a browser sends in `Origin`).
+_ORIGIN = re.compile(r"https?://([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -41,6 +44,9 @@ class Settings:
     # Told to clients on 429/503 (Retry-After).
     retry_after_seconds: int = 1
     max_pool_connections: int = 128
+    # Browser origins allowed to call the API (CORS, preflight included), e.g. the demo UI's CloudFront
+    # origin; empty: no CORS headers at all, so browsers on other origins cannot read replies.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("endpoint_name", "region", "model_id"):
@@ -61,6 +67,11 @@ class Settings:
             raise SettingsError(_VARS["retry_after_seconds"], self.retry_after_seconds, "must be >= 0")
         if self.max_pool_connections < 1:
             raise SettingsError(_VARS["max_pool_connections"], self.max_pool_connections, "must be >= 1")
+        for origin in self.cors_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise SettingsError(_VARS["cors_origins"], ",".join(self.cors_origins),
+                                    f"{origin!r} is not an origin: scheme://host[:port] in lower case, no path or "
+                                    "trailing slash, no wildcard (e.g. https://d111111abcdef8.cloudfront.net)")
 
     @property
     def checks_api_key(self) -> bool:
@@ -108,6 +119,7 @@ class Settings:
             connect_timeout_seconds=number("connect_timeout_seconds", float, 5.0),
             retry_after_seconds=number("retry_after_seconds", int, 1),
             max_pool_connections=number("max_pool_connections", int, 128),
+            cors_origins=tuple(o.strip() for o in (text("cors_origins") or "").split(",") if o.strip()),
         )
 
     def environment(self) -> dict[str, str]:
@@ -115,7 +127,10 @@ class Settings:
         env = {}
         for name, variable in _VARS.items():
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, tuple):
+                if value:
+                    env[variable] = ",".join(value)
+            elif value is not None:
                 env[variable] = str(value)
         return env
 
@@ -136,5 +151,6 @@ _VARS = {
     "connect_timeout_seconds": "GATEWAY_CONNECT_TIMEOUT_SECONDS",
     "retry_after_seconds": "GATEWAY_RETRY_AFTER_SECONDS",
     "max_pool_connections": "GATEWAY_MAX_POOL_CONNECTIONS",
+    "cors_origins": "GATEWAY_CORS_ORIGINS",  # comma-separated
 }
 ENVIRONMENT_VARIABLES = dict(_VARS)
