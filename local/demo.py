@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from local._sources import LocalSetupError
 from local.engine import EngineBuild, LlamaServer, ServerOptions, free_port, require_free_port, wait_healthy
@@ -169,68 +170,101 @@ def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | Non
     return argv
 
 
-def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=None) -> DemoResult:
-    """Start vLLM, emulator and gateway, bench both paths, then the llama.cpp baseline; compare; stop all."""
-    import bench
+@dataclass(frozen=True)
+class RunningPath:
+    """vLLM, the SageMaker-runtime emulator and the gateway, started as the aws stack renders them."""
+
+    engine: Any  # local.vllm_engine.VllmServer
+    gateway_url: str  # the OpenAI base URL, ending in /v1
+    api_key: str
+    model_id: str
+    gateway_log: Path
+
+
+@dataclass(frozen=True)
+class _Ports:
+    engine: int
+    emulator: int
+    gateway: int
+
+
+def _ports(options: DemoOptions) -> _Ports:
+    # Ports first: a port in use is the user's to fix before a long build starts.
+    return _Ports(_port(options.engine_port, "vLLM"), _port(options.emulator_port, "the SageMaker-runtime emulator"),
+                  _port(options.gateway_port, "the gateway"))
+
+
+def start_aws_path(stack: ExitStack, options: DemoOptions, ports: _Ports, say: Callable[[str], None],
+                   started: float, cors_origins: Sequence[str] = ()) -> RunningPath:
+    """Start vLLM, the emulator and the gateway (with CORS for `cors_origins`); `stack` stops them."""
     from local.deployed import aws_lmi_environment, gateway_lambda_environment
-    from local.vllm_engine import VllmServer, vllm_python
+    from local.vllm_engine import VllmServer
     from stacks.rendered import run_stack
 
-    _lambda_on_path()
-    out = options.out
-    logs = out / "logs"
-    # Ports first: a port in use is the user's to fix before a long build starts.
-    engine_port = _port(options.engine_port, "vLLM")
-    emulator_port = _port(options.emulator_port, "the SageMaker-runtime emulator")
-    gateway_port = _port(options.gateway_port, "the gateway")
-    vllm_python()  # not installed: say so before anything starts
-    baseline_binary = _baseline_binary(options, say, console)
-
-    started = time.monotonic()
     graph = run_stack("aws")  # what `pulumi up -s aws` would create, rendered under Pulumi mocks
     model_environment = aws_lmi_environment(graph)
     lambda_environment = gateway_lambda_environment(graph)
     endpoint_name = lambda_environment["GATEWAY_ENDPOINT_NAME"]
     model_id = lambda_environment["GATEWAY_MODEL_ID"]
     say(f"aws stack rendered: endpoint {endpoint_name}, model {model_id} ({time.monotonic() - started:.1f}s)")
+    if cors_origins:
+        # What the stack sets with demoUi (the CloudFront origin); here the local page's origin.
+        lambda_environment = {**lambda_environment, "GATEWAY_CORS_ORIGINS": ",".join(cors_origins)}
 
     api_key = secrets.token_urlsafe(24)
+    logs = options.out / "logs"
+    engine = VllmServer.from_lmi_environment(model_environment, logs / "vllm.log", port=ports.engine)
+    say(f"starting vLLM as LMI would from the Model's environment (log {engine.log_path}) ...")
+    stack.enter_context(engine.start(options.vllm_ready_timeout_s))
+    say(f"vLLM {engine.version()}  {engine.base_url}/v1  serving {engine.served_name} "
+        f"({time.monotonic() - started:.0f}s)")
+
+    emulator_log = logs / "sagemaker-emulator.log"
+    emulator = stack.enter_context(child_process(
+        [sys.executable, "-m", "local.sagemaker_runtime", "--forward", engine.base_url + "/v1",
+         "--lmi-served-name", engine.served_name, "--endpoint-name", endpoint_name, "--port", str(ports.emulator)],
+        emulator_log,
+    ))
+    emulator_url = f"http://127.0.0.1:{ports.emulator}"
+    wait_healthy(emulator_url + "/ping", emulator, emulator_log, "the SageMaker-runtime emulator", 30)
+    say(f"SageMaker runtime emulator  {emulator_url}  (endpoint {endpoint_name}, LMI model server)")
+
+    # The gateway's stdout is its EMF metric lines, as CloudWatch Logs would receive them.
+    gateway_log = logs / "gateway.log"
+    gateway = stack.enter_context(child_process(
+        [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(ports.gateway),
+         "--no-access-log", "--log-level", "warning"],
+        gateway_log,
+        env=gateway_environment(lambda_environment, emulator_url, api_key),
+    ))
+    gateway_url = f"http://127.0.0.1:{ports.gateway}"
+    wait_healthy(gateway_url + "/health", gateway, gateway_log, "the gateway", 30)
+    say(f"gateway  {gateway_url}/v1  (API key required)")
+    return RunningPath(engine, gateway_url + "/v1", api_key, model_id, gateway_log)
+
+
+def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=None) -> DemoResult:
+    """Start vLLM, emulator and gateway, bench both paths, then the llama.cpp baseline; compare; stop all."""
+    import bench
+    from local.vllm_engine import vllm_python
+
+    _lambda_on_path()
+    out = options.out
+    logs = out / "logs"
+    ports = _ports(options)
+    vllm_python()  # not installed: say so before anything starts
+    baseline_binary = _baseline_binary(options, say, console)
+
+    started = time.monotonic()
     codes: list[int] = []
     direct, through = out / LABELS[0], out / LABELS[1]
     with ExitStack() as stack:
-        engine = VllmServer.from_lmi_environment(model_environment, logs / "vllm.log", port=engine_port)
-        say(f"starting vLLM as LMI would from the Model's environment (log {engine.log_path}) ...")
-        stack.enter_context(engine.start(options.vllm_ready_timeout_s))
-        say(f"vLLM {engine.version()}  {engine.base_url}/v1  serving {engine.served_name} "
-            f"({time.monotonic() - started:.0f}s)")
-
-        emulator_log = logs / "sagemaker-emulator.log"
-        emulator = stack.enter_context(child_process(
-            [sys.executable, "-m", "local.sagemaker_runtime", "--forward", engine.base_url + "/v1",
-             "--lmi-served-name", engine.served_name, "--endpoint-name", endpoint_name, "--port", str(emulator_port)],
-            emulator_log,
-        ))
-        emulator_url = f"http://127.0.0.1:{emulator_port}"
-        wait_healthy(emulator_url + "/ping", emulator, emulator_log, "the SageMaker-runtime emulator", 30)
-        say(f"SageMaker runtime emulator  {emulator_url}  (endpoint {endpoint_name}, LMI model server)")
-
-        # The gateway's stdout is its EMF metric lines, as CloudWatch Logs would receive them.
-        gateway_log = logs / "gateway.log"
-        gateway = stack.enter_context(child_process(
-            [sys.executable, "-m", "uvicorn", "gateway.app:app", "--host", "127.0.0.1", "--port", str(gateway_port),
-             "--no-access-log", "--log-level", "warning"],
-            gateway_log,
-            env=gateway_environment(lambda_environment, emulator_url, api_key),
-        ))
-        gateway_url = f"http://127.0.0.1:{gateway_port}"
-        wait_healthy(gateway_url + "/health", gateway, gateway_log, "the gateway", 30)
-        say(f"gateway  {gateway_url}/v1  (API key required)")
-
+        path = start_aws_path(stack, options, ports, say, started)
         say("\n[1/3] bench -> vLLM")
-        codes.append(_bench(bench_argv(engine.base_url + "/v1", options, direct, model=model_id)))
+        codes.append(_bench(bench_argv(path.engine.base_url + "/v1", options, direct, model=path.model_id)))
         say("\n[2/3] bench -> gateway -> boto3 -> emulator -> LMI -> vLLM")
-        codes.append(_bench(bench_argv(gateway_url + "/v1", options, through, api_key, model=model_id)))
-        metric_lines = count_emf_lines(gateway_log)
+        codes.append(_bench(bench_argv(path.gateway_url, options, through, path.api_key, model=path.model_id)))
+        metric_lines = count_emf_lines(path.gateway_log)
 
     runs, labels = [direct, through], list(LABELS)
     baseline = None
@@ -246,6 +280,34 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
     comparison = out / "comparison"
     codes.append(bench.run(["compare", *map(str, runs), "--labels", ",".join(labels), "--out", str(comparison)]))
     return DemoResult(direct, through, comparison, max(codes), metric_lines, baseline)
+
+
+def serve_playground(options: DemoOptions, say: Callable[[str], None] = print, playground_port: int = 0,
+                     wait: Callable[[], None] | None = None) -> None:
+    """`--serve`: start vLLM, emulator and gateway, serve the chat playground with the gateway filled in,
+    and keep everything up until Ctrl-C (or SIGTERM); then stop it all. `wait` (tests) replaces the wait."""
+    from local.playground import PlaygroundConfig, PlaygroundServer
+    from local.vllm_engine import vllm_python
+
+    _lambda_on_path()
+    ports = _ports(options)
+    page_port = _port(playground_port, "the playground page")
+    vllm_python()
+    started = time.monotonic()
+    page_origin = f"http://127.0.0.1:{page_port}"
+    with ExitStack() as stack:
+        # The page is on its own origin, as on AWS (CloudFront vs API Gateway): the gateway answers CORS for it.
+        path = start_aws_path(stack, options, ports, say, started, cors_origins=[page_origin])
+        config = PlaygroundConfig(base_url=path.gateway_url, api_key=path.api_key, model=path.model_id,
+                                  max_tokens=options.max_tokens)
+        page = stack.enter_context(PlaygroundServer(config, port=page_port))
+        say(f"playground {page.url}  (gateway {path.gateway_url} and its key filled in; Ctrl-C stops everything)")
+        say(f"API key for other clients: {path.api_key}")
+        if wait is not None:
+            wait()
+        else:
+            while True:
+                time.sleep(3600)
 
 
 def _baseline_binary(options: DemoOptions, say, console) -> Path | None:
@@ -368,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--emulator-port", type=int, default=0, help="emulator port (default: a free one)")
     parser.add_argument("--gateway-port", type=int, default=0, help="gateway port (default: a free one)")
     parser.add_argument("--no-progress", action="store_true", help="no live progress display")
+    parser.add_argument("--serve", action="store_true",
+                        help="no benchmark: keep vLLM, emulator and gateway up and serve the chat playground "
+                             "until Ctrl-C")
+    parser.add_argument("--playground-port", type=int, default=0,
+                        help="with --serve: the playground page's port (default: a free one)")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -384,12 +451,20 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, native=args.native, engine_port=args.engine_port, emulator_port=args.emulator_port,
             gateway_port=args.gateway_port, baseline=args.baseline, progress=not args.no_progress,
         )
+        if not 0 <= args.playground_port <= 65535:
+            raise LocalSetupError(f"--playground-port {args.playground_port}: must be 0 (any) or 1..65535")
         with interruptible():
+            if args.serve:
+                serve_playground(options, say=console.print, playground_port=args.playground_port)
+                return 0
             result = run_demo(options, say=console.print, console=console)
     except LocalSetupError as error:
         console.print(f"[red]error:[/red] {error}")
         return 1
     except KeyboardInterrupt:
+        if args.serve:
+            console.print("stopped the playground, gateway, emulator and vLLM")
+            return 0
         console.print("[yellow]interrupted:[/yellow] stopped the engines, emulator and gateway; "
                       f"results so far are under {args.out}/")
         return 130
