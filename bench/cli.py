@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.cli_base import USAGE_EXIT, ArgParser, interruptible
 from bench.config import DEFAULT_RATE_CAP, BenchConfig, UsageError
 
-SUBCOMMANDS = ("compare", "mock-server", "plan", "recommend")
+SUBCOMMANDS = ("compare", "mock-server", "plan", "recommend", "merge", "k8s-job")
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -100,12 +100,16 @@ def build_parser() -> ArgParser:
     load.add_argument("--max-error-rate", help="stop when more than this fraction fails, e.g. 0.2 or 20%%")
 
     prompts = p.add_argument_group("prompts")
-    prompts.add_argument("--prompt-tokens", default="128", help="N, normal:MEAN,STDEV or uniform:LOW,HIGH (default 128)")
+    prompts.add_argument("--prompt-tokens", default="128",
+                         help="N, normal:MEAN,STDEV, uniform:LOW,HIGH or lengths:SHAREGPT_FILE (default 128)")
     prompts.add_argument("--max-tokens", default="64", help="output tokens asked for, same forms (default 64)")
     prompts.add_argument("--dataset", help="JSONL, one {\"prompt\": ...} or {\"messages\": [...]} per line")
     prompts.add_argument("--extra-body", help="JSON object merged into every request, e.g. '{\"ignore_eos\": true}'")
     prompts.add_argument("--no-usage", action="store_true", help="do not send stream_options.include_usage")
     prompts.add_argument("--seed", type=int, default=0)
+    from bench import workload_cli
+
+    workload_cli.add_arguments(p)
 
     cost = p.add_argument_group("cost and SLO")
     cost.add_argument("--price-per-hour", type=float, help="USD per hour of one instance")
@@ -141,7 +145,6 @@ def _headers(items: list[str]) -> dict:
 def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     """Validate everything before a single request goes out; raises UsageError naming the flag."""
     from bench import target
-    from bench.prompts import Distribution, load_dataset
     from bench.stats import Slo
 
     url, api_key, price, price_source = args.url, args.api_key, None, None
@@ -187,10 +190,9 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: must be >= 0 (0 runs the load in this process)")
 
-    output_tokens = Distribution.parse(args.max_tokens, "--max-tokens")
-    input_tokens = Distribution.parse(args.prompt_tokens, "--prompt-tokens")
-    if args.dataset:
-        load_dataset(args.dataset, output_tokens, args.seed)  # fail now, with the line number
+    from bench import workload_cli
+
+    workload = workload_cli.settings(args, parse_duration)  # the dataset is read now: errors name the line
 
     extra_body = None
     if args.extra_body:
@@ -242,8 +244,6 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
         requests=args.requests,
         duration_s=duration,
         warmup=args.warmup,
-        input_tokens=input_tokens,
-        output_tokens=output_tokens,
         dataset=args.dataset,
         price_per_hour=price,
         price_source=price_source,
@@ -265,6 +265,7 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
         loop=args.loop,
         progress=not args.no_progress,
         label=args.label or args.stack or (urlparse_host(base_url)),
+        **workload,
     )
 
 
@@ -313,6 +314,14 @@ def _dispatch(argv: list[str]) -> int:
             from bench.compare import main as compare_main
 
             return compare_main(rest)
+        if command == "merge":
+            from bench.merge import main as merge_main
+
+            return merge_main(rest)
+        if command == "k8s-job":
+            from bench.k8s_job import main as k8s_job_main
+
+            return k8s_job_main(rest)
         if command == "mock-server":
             from bench.mock_server import main as mock_main
 

@@ -64,21 +64,52 @@ class BenchConfig:
     loop: str = "auto"
     progress: bool = True
     label: str | None = None
+    # Workloads (bench.workloads): shared system prompts, multi-turn sessions, exact token counts.
+    shared_prefix_tokens: int = 0
+    prefix_groups: int = 1
+    turns: int = 1
+    think_time_s: float = 0.0
+    tokenizer: str | None = None
+    dataset_output_lengths: bool = False
+    # Load from many machines: this run is share `shard[0]` of `shard[1]` (bench.shard), started at
+    # `start_at` (Unix seconds) when given.
+    shard: tuple[int, int] = (0, 1)
+    start_at: float | None = None
 
     @property
     def total_price_per_hour(self) -> float | None:
         return None if self.price_per_hour is None else self.price_per_hour * self.instance_count
 
     def levels(self) -> list[Level]:
+        """This run's levels; with --shard I/N, shard I's part of each (bench.shard.shard_levels)."""
         if self.rates:
             cap = self.concurrency[0]
-            return [
+            levels = [
                 Level(i, cap, r, self.warmup if self.warmup is not None else min(cap, math.ceil(r)))
                 for i, r in enumerate(self.rates)
             ]
-        return [
-            Level(i, c, None, self.warmup if self.warmup is not None else c) for i, c in enumerate(self.concurrency)
-        ]
+        else:
+            levels = [
+                Level(i, c, None, self.warmup if self.warmup is not None else c)
+                for i, c in enumerate(self.concurrency)
+            ]
+        if self.shard[1] == 1:
+            return levels
+        from bench.shard import shard_levels
+
+        return shard_levels(levels, *self.shard)
+
+    @property
+    def shard_requests(self) -> int | None:
+        """Measured requests per level for this shard (its share of --requests)."""
+        if self.requests is None or self.shard[1] == 1:
+            return self.requests
+        return _share(self.requests, [1] * self.shard[1])[self.shard[0]]
+
+    @property
+    def shard_seed(self) -> int:
+        """Each shard its own seed (shard 0 of 1 keeps --seed); shared prefixes stay on --seed."""
+        return self.seed * self.shard[1] + self.shard[0]
 
     def request_headers(self) -> dict:
         headers = {
@@ -98,7 +129,11 @@ class BenchConfig:
             prompts = {"kind": "dataset", "path": self.dataset}
         else:
             prompts = {"kind": "synthetic", "input": _dist(self.input_tokens)}
-        prompts.update(output=_dist(self.output_tokens), seed=self.seed, tag=run_tag)
+        tag = run_tag if self.shard[1] == 1 else f"{run_tag}.s{self.shard[0]}"
+        prompts.update(output=_dist(self.output_tokens), seed=self.shard_seed, tag=tag, base_seed=self.seed,
+                       prefix_tokens=self.shared_prefix_tokens, prefix_groups=self.prefix_groups, turns=self.turns,
+                       think_time_s=self.think_time_s, tokenizer=self.tokenizer,
+                       output_lengths=self.dataset_output_lengths)
         return {
             "url": self.url,
             "headers": self.request_headers(),
@@ -150,11 +185,19 @@ class BenchConfig:
             "seed": self.seed,
             "stamping": self.stamping,
             "loop": self.loop,
+            "shared_prefix_tokens": self.shared_prefix_tokens,
+            "prefix_groups": self.prefix_groups if self.shared_prefix_tokens else None,
+            "turns": self.turns,
+            "think_time_s": self.think_time_s if self.turns > 1 else None,
+            "tokenizer": self.tokenizer,
+            "dataset_output_lengths": self.dataset_output_lengths,
+            "shard": {"index": self.shard[0], "count": self.shard[1]},
+            "start_at": self.start_at,
         }
 
 
 def _dist(d: Distribution) -> tuple:
-    return (d.kind, d.a, d.b)
+    return (d.kind, d.a, d.b, d.values)
 
 
 def _share(total: int, weights: list[int]) -> list[int]:
@@ -172,7 +215,7 @@ def _share(total: int, weights: list[int]) -> list[int]:
 def split_level(cfg: BenchConfig, level: Level, workers: int, start_at_ns: int) -> list[LevelSpec]:
     """One LevelSpec per worker; their union is the level."""
     slots = _share(level.concurrency, [1] * workers)
-    requests = _share(cfg.requests, slots) if cfg.requests is not None else [None] * workers
+    requests = _share(cfg.shard_requests, slots) if cfg.requests is not None else [None] * workers
     warmups = _share(level.warmup, slots)
     active = sum(1 for s in slots if s)
     specs = []
@@ -195,7 +238,7 @@ def split_level(cfg: BenchConfig, level: Level, workers: int, start_at_ns: int) 
                 warmup=warmups[w],
                 duration_s=cfg.duration_s,
                 start_at_ns=start_at_ns,
-                seed=cfg.seed,
+                seed=cfg.shard_seed,
                 phase=phase,
             )
         )

@@ -33,11 +33,16 @@ class PromptError(ValueError):
 
 @dataclass(frozen=True)
 class Distribution:
-    """Token counts: `fixed`, `normal` (mean, stdev) or `uniform` (low, high), clipped to >= 1."""
+    """Token counts: `fixed`, `normal` (mean, stdev), `uniform` (low, high), clipped to >= 1, or
+    `empirical`: drawn from `values` (lengths read from a dataset, see bench.workloads.dataset_lengths)."""
 
     kind: str
     a: float
     b: float = 0.0
+    values: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "values", tuple(self.values))  # a list after the trip to a worker
 
     @classmethod
     def parse(cls, text: str, flag: str) -> Distribution:
@@ -64,15 +69,21 @@ class Distribution:
             return int(self.a)
         if self.kind == "normal":
             return max(1, round(rng.gauss(self.a, self.b)))
+        if self.kind == "empirical":
+            return rng.choice(self.values)
         return rng.randint(int(self.a), int(self.b))
 
     @property
     def mean(self) -> float:
+        if self.kind == "empirical":
+            return sum(self.values) / len(self.values)
         return self.a if self.kind != "uniform" else (self.a + self.b) / 2
 
     def describe(self) -> str:
         if self.kind == "fixed":
             return str(int(self.a))
+        if self.kind == "empirical":
+            return f"dataset lengths ({len(self.values)} turns, mean {self.mean:.0f})"
         return f"{self.kind}:{self.a:g},{self.b:g}"
 
 

@@ -24,9 +24,11 @@ from bench.config import BenchConfig, Level, split_level
 from bench.stats import LevelStats
 from bench.target import server_identity
 from bench.workers import WorkerError, WorkerPool
+from bench.workload_stats import WorkloadLevelStats
 
 MIN_REQUESTS_FOR_ERROR_RATE = 20
 DRAIN_TIMEOUT_S = 15.0
+LEVEL_START_DELAY_S = 0.05  # from handing out a level to its first request, so every worker starts together
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -93,6 +95,10 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
     current: list[LevelStats] = []  # the level being measured, so a failure keeps its partial figures
     try:
         pool.start()
+        if cfg.start_at is not None:  # --start-at: every shard starts its first level at the agreed time
+            from bench.shard import wait_until
+
+            wait_until(cfg.start_at - LEVEL_START_DELAY_S)
         for level in cfg.levels():
             stats, level_status = _run_level(cfg, level, pool, log, display, current)
             current.clear()
@@ -141,10 +147,11 @@ def _exit_code(summary: dict, status: str) -> int:
 
 
 def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog, display, current=None):
-    stats = LevelStats(level.index, level.concurrency, level.rate, cfg.slo, cfg.total_price_per_hour)
+    stats = WorkloadLevelStats(level.index, level.concurrency, level.rate, cfg.slo, cfg.total_price_per_hour)
     if current is not None:
         current.append(stats)
-    start_at = perf_counter_ns() + 50_000_000  # every worker starts at the same instant
+    start_at = perf_counter_ns() + int(LEVEL_START_DELAY_S * 1e9)  # every worker starts at the same instant
+    stats.start_unix_s = round(time.time() + LEVEL_START_DELAY_S, 6)  # the shards' common time line (bench merge)
     pool.start_level(split_level(cfg, level, pool.size, start_at))
     if display is not None:
         display.start_level(level, cfg)

@@ -24,6 +24,8 @@ import orjson
 
 from bench.backend import Backend
 from bench.measure import measure
+from bench.prompts import Prompt
+from bench.workloads import Session, reply_text
 
 
 @dataclass(frozen=True)
@@ -114,12 +116,40 @@ class LevelRunner:
         seq = self._seq
         self._seq += 1
         prompt = self.prompts.get(seq)
+        if isinstance(prompt, Session):
+            await self._session(prompt, seq * self.workers + self.worker, scheduled_ns, warmup)
+        else:
+            await self._send(prompt, seq * self.workers + self.worker, scheduled_ns, warmup)
+
+    async def _session(self, session: Session, number: int, scheduled_ns: int, warmup: bool) -> None:
+        """Turn t sends the history (the replies streamed back included) plus a new user message, after the
+        think time; a failed turn ends the session."""
+        history = list(session.system)
+        turns = len(session.turns)
+        for t, turn in enumerate(session.turns):
+            if t:
+                if session.think_time_s:
+                    await asyncio.sleep(session.think_time_s)
+                if self._stopped:
+                    return
+                scheduled_ns = perf_counter_ns()
+            history.append({"role": "user", "content": turn.content})
+            prompt = Prompt(list(history), turn.prompt_tokens_target, turn.max_tokens)
+            extra = {"session": number, "turn": t + 1}
+            if session.group is not None:
+                extra["prefix_group"] = session.group
+            rec, reply = await self._send(prompt, number * turns + t, scheduled_ns, warmup, extra)
+            if not rec.get("ok"):
+                return
+            history.append({"role": "assistant", "content": reply_text(reply.body)})
+
+    async def _send(self, prompt, record_id: int, scheduled_ns: int, warmup: bool, extra: dict | None = None):
         body = self._body(prompt)
         self.sent += 1
         reply = await self.backend.send(body)
         t0 = self.spec.start_at_ns
         rec = {
-            "id": seq * self.workers + self.worker,
+            "id": record_id,
             "level": self.spec.level,
             "worker": self.worker,
             "warmup": warmup,
@@ -130,8 +160,11 @@ class LevelRunner:
             "prompt_tokens_target": prompt.prompt_tokens_target,
             "max_tokens": prompt.max_tokens,
         }
+        if extra:
+            rec.update(extra)
         rec.update(measure(reply, allow_buffered=self.options.allow_buffered))
         self.emit(rec)
+        return rec, reply
 
     async def _tracked(self, coro) -> None:
         task = asyncio.ensure_future(coro)

@@ -70,13 +70,9 @@ class _Sender:
 
 
 def _make_prompts(cfg: dict):
-    from bench.prompts import DatasetPrompts, Distribution, SyntheticPrompts, load_dataset
+    from bench.workloads import make_prompts
 
-    p = cfg["prompts"]
-    output = Distribution(*p["output"])
-    if p["kind"] == "dataset":
-        return DatasetPrompts(load_dataset(p["path"], output, p["seed"]), p["seed"], cfg["worker"], cfg["workers"])
-    return SyntheticPrompts(Distribution(*p["input"]), output, p["seed"], f"{p['tag']}.{cfg['worker']}")
+    return make_prompts(cfg["prompts"], cfg["worker"], cfg["workers"])
 
 
 def worker_main(commands, results, cfg: dict, in_thread: bool) -> None:

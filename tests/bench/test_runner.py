@@ -28,6 +28,7 @@ LEVEL_KEYS = {
     "cost_per_1k_tokens_usd", "cost_per_1m_tokens_usd", "client_send_delay_ms", "retried",
     "server_ttft_ms", "gateway_share_ttft_ms",
     "warmup_requests", "client_cpu_s", "client_cpu_ms_per_request", "stopped_early", "warnings",
+    "start_unix_s", "prompt_tokens_check",  # bench.workload_stats (shards' time line; requested vs counted)
 }  # fmt: skip
 TOP_KEYS = {"target", "config", "client", "run_id", "started_at", "finished_at", "status", "levels"}
 
