@@ -110,6 +110,9 @@ def build_parser() -> ArgParser:
     from bench import workload_cli
 
     workload_cli.add_arguments(p)
+    from bench import profile_cli
+
+    profile_cli.add_arguments(p)
 
     cost = p.add_argument_group("cost and SLO")
     cost.add_argument("--price-per-hour", type=float, help="USD per hour of one instance")
@@ -129,6 +132,10 @@ def build_parser() -> ArgParser:
     adv = p.add_argument_group("client internals (for checking the client itself)")
     adv.add_argument("--stamping", choices=("protocol", "task"), default="protocol", help=argparse.SUPPRESS)
     adv.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="worker event loop")
+    from bench import search, server_metrics
+
+    search.add_arguments(p)
+    server_metrics.add_arguments(p)
     return p
 
 
@@ -148,8 +155,10 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     from bench.stats import Slo
 
     url, api_key, price, price_source = args.url, args.api_key, None, None
+    stack_capacity = None
     if args.stack:
         stack = target.from_stack(args.stack, args.stack_cwd)
+        stack_capacity = stack.get("capacity")
         url = url or stack["url"]
         api_key = api_key or stack["api_key"]
         if stack["price_per_hour"] is not None:
@@ -180,6 +189,13 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
             raise UsageError("with --rate, --concurrency is the in-flight cap: give one number")
     else:
         conc = parse_int_list(args.concurrency or "6,12,24,32", "--concurrency")
+    from bench import search as search_flags
+    from bench import server_metrics
+
+    search, search_concurrency = search_flags.from_args(args, parse_fraction, DEFAULT_RATE_CAP)
+    if search is not None:
+        conc = search_concurrency
+    metrics_settings = server_metrics.settings(args, parse_duration)
     if args.requests is not None and args.requests < 1:
         raise UsageError(f"--requests {args.requests}: must be >= 1")
     duration = parse_duration(args.duration, "--duration") if args.duration else None
@@ -187,6 +203,11 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
         duration = 60.0
     if args.warmup is not None and args.warmup < 0:
         raise UsageError(f"--warmup {args.warmup}: must be >= 0")
+    from bench import profile_cli
+
+    profile = profile_cli.settings(args, parse_duration, parse_fraction, stack_capacity)  # --profile & co
+    if profile:
+        conc, duration = profile.pop("concurrency"), profile["profile"].duration_s
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: must be >= 0 (0 runs the load in this process)")
 
@@ -265,7 +286,10 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
         loop=args.loop,
         progress=not args.no_progress,
         label=args.label or args.stack or (urlparse_host(base_url)),
+        search=search,
+        **metrics_settings,
         **workload,
+        **profile,
     )
 
 

@@ -6,8 +6,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.profiles import Profile
 from bench.prompts import Distribution
 from bench.scheduler import LevelSpec
+from bench.search import SearchSpec
 from bench.stats import Slo
 
 DEFAULT_RATE_CAP = 256
@@ -64,6 +66,12 @@ class BenchConfig:
     loop: str = "auto"
     progress: bool = True
     label: str | None = None
+    # --find-max-rate / --find-max-concurrency (bench.search): the levels are the search's probes.
+    search: SearchSpec | None = None
+    # Scrape the server's Prometheus text while each level runs (bench.server_metrics); the CLI turns it on.
+    server_metrics: bool = False
+    metrics_url: str | None = None  # default: /metrics on the base URL's host
+    metrics_interval_s: float = 1.0
     # Workloads (bench.workloads): shared system prompts, multi-turn sessions, exact token counts.
     shared_prefix_tokens: int = 0
     prefix_groups: int = 1
@@ -75,6 +83,13 @@ class BenchConfig:
     # `start_at` (Unix seconds) when given.
     shard: tuple[int, int] = (0, 1)
     start_at: float | None = None
+    # --profile (bench.profiles): one continuous level whose load changes over time, a timeline per
+    # `window_s` (bench.timeline), capacity polled by `capacity` (bench.capacity reader spec).
+    profile: Profile | None = None
+    window_s: float = 10.0
+    slo_target: float = 0.95  # a window is in SLO violation when fewer of its requests meet the SLO
+    capacity: dict | None = None
+    capacity_interval_s: float = 5.0
 
     @property
     def total_price_per_hour(self) -> float | None:
@@ -82,7 +97,12 @@ class BenchConfig:
 
     def levels(self) -> list[Level]:
         """This run's levels; with --shard I/N, shard I's part of each (bench.shard.shard_levels)."""
-        if self.rates:
+        if self.profile is not None:  # one continuous level, no warmup (it would shift the time line)
+            if self.profile.closed_loop:
+                levels = [Level(0, int(self.profile.peak), None, 0)]
+            else:
+                levels = [Level(0, self.concurrency[0], self.profile.peak, 0)]
+        elif self.rates:
             cap = self.concurrency[0]
             levels = [
                 Level(i, cap, r, self.warmup if self.warmup is not None else min(cap, math.ceil(r)))
@@ -110,6 +130,11 @@ class BenchConfig:
     def shard_seed(self) -> int:
         """Each shard its own seed (shard 0 of 1 keeps --seed); shared prefixes stay on --seed."""
         return self.seed * self.shard[1] + self.shard[0]
+
+    def level(self, index: int, concurrency: int, rate: float | None) -> Level:
+        """One level with this run's warmup rule (the search makes its probes with it)."""
+        auto = concurrency if rate is None else min(concurrency, math.ceil(rate))
+        return Level(index, concurrency, rate, self.warmup if self.warmup is not None else auto)
 
     def request_headers(self) -> dict:
         headers = {
@@ -182,6 +207,13 @@ class BenchConfig:
             "include_usage": self.include_usage,
             "allow_buffered": self.allow_buffered,
             "max_error_rate": self.max_error_rate,
+            "search": None if self.search is None else {
+                "kind": self.search.kind, "slo": self.search.slo.public(), "precision": self.search.precision,
+                "start": self.search.start, "lower": self.search.lower, "upper": self.search.upper,
+                "max_probes": self.search.max_probes},
+            "server_metrics": self.server_metrics,
+            "metrics_url": self.metrics_url,
+            "metrics_interval_s": self.metrics_interval_s if self.server_metrics else None,
             "seed": self.seed,
             "stamping": self.stamping,
             "loop": self.loop,
@@ -193,6 +225,10 @@ class BenchConfig:
             "dataset_output_lengths": self.dataset_output_lengths,
             "shard": {"index": self.shard[0], "count": self.shard[1]},
             "start_at": self.start_at,
+            "profile": None if self.profile is None else self.profile.public(),
+            "window_s": self.window_s if self.profile is not None else None,
+            "slo_target": self.slo_target if self.profile is not None else None,
+            "capacity": self.capacity,
         }
 
 
@@ -218,6 +254,11 @@ def split_level(cfg: BenchConfig, level: Level, workers: int, start_at_ns: int) 
     requests = _share(cfg.shard_requests, slots) if cfg.requests is not None else [None] * workers
     warmups = _share(level.warmup, slots)
     active = sum(1 for s in slots if s)
+    profiles: list = [None] * workers
+    if cfg.profile is not None:
+        shares = cfg.profile.shared([1] * workers) if cfg.profile.closed_loop else None
+        profiles = [(shares[w] if shares else cfg.profile.scaled(1 / active)).public() if slots[w] else None
+                    for w in range(workers)]
     specs = []
     rank = 0
     for w in range(workers):
@@ -236,10 +277,11 @@ def split_level(cfg: BenchConfig, level: Level, workers: int, start_at_ns: int) 
                 arrival=cfg.arrival,
                 requests=requests[w],
                 warmup=warmups[w],
-                duration_s=cfg.duration_s,
+                duration_s=cfg.profile.duration_s if cfg.profile is not None else cfg.duration_s,
                 start_at_ns=start_at_ns,
                 seed=cfg.shard_seed,
                 phase=phase,
+                profile=profiles[w],
             )
         )
     return specs

@@ -21,6 +21,9 @@ from time import perf_counter_ns
 import orjson
 
 from bench.config import BenchConfig, Level, split_level
+from bench.search import SearchPlan
+from bench.server_metrics import attach as attach_server_metrics
+from bench.server_metrics import start_scraper
 from bench.stats import LevelStats
 from bench.target import server_identity
 from bench.workers import WorkerError, WorkerPool
@@ -93,17 +96,31 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
     pool = WorkerPool(cfg.workers, cfg.worker_config(run_tag))
     status = "complete"
     current: list[LevelStats] = []  # the level being measured, so a failure keeps its partial figures
+    plan = SearchPlan(cfg, cfg.search) if cfg.search is not None else None
+    scraper = start_scraper(cfg)
     try:
         pool.start()
         if cfg.start_at is not None:  # --start-at: every shard starts its first level at the agreed time
             from bench.shard import wait_until
 
             wait_until(cfg.start_at - LEVEL_START_DELAY_S)
-        for level in cfg.levels():
+        for level in plan.levels() if plan is not None else cfg.levels():
+            if scraper is not None:
+                scraper.begin_level()
             stats, level_status = _run_level(cfg, level, pool, log, display, current)
             current.clear()
-            summary["levels"].append(stats.summary())
+            level_summary = stats.summary()
+            if scraper is not None:
+                attach_server_metrics(level_summary, scraper, summary, display)
+            summary["levels"].append(level_summary)
+            if getattr(stats, "profile_watch", None) is not None:
+                stats.profile_watch.attach(summary, out)
+            if plan is not None:
+                plan.record(level_summary)
+                summary["search"] = plan.result()
             write_json(out / "summary.json", summary)
+            if level_status == "max_error_rate" and plan is not None:
+                continue  # that probe missed the SLO; the search goes on below it
             if level_status != "complete":
                 status = level_status
                 break
@@ -121,11 +138,18 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
             pool.close()
         finally:
             log.close()
+            if scraper is not None:
+                scraper.close()
+                summary["server_metrics"] = scraper.public()
+            if plan is not None:
+                summary["search"] = plan.result(status)
             if current:  # the level that was running when it stopped: its records so far
                 partial = current[0]
                 partial.stopped_early = partial.stopped_early or f"run stopped: {status}"
                 try:
                     summary["levels"].append(partial.summary())
+                    if getattr(partial, "profile_watch", None) is not None:
+                        partial.profile_watch.attach(summary, out)
                 except Exception as exc:  # the statistics themselves failed: requests.jsonl has the records
                     summary["partial_level_error"] = f"{type(exc).__name__}: {exc}"
             summary["status"] = status
@@ -153,6 +177,11 @@ def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog
     start_at = perf_counter_ns() + int(LEVEL_START_DELAY_S * 1e9)  # every worker starts at the same instant
     stats.start_unix_s = round(time.time() + LEVEL_START_DELAY_S, 6)  # the shards' common time line (bench merge)
     pool.start_level(split_level(cfg, level, pool.size, start_at))
+    if cfg.profile is not None:  # --profile: the time line and the capacity poller (bench.autoscaler)
+        from bench.autoscaler import ProfileWatch
+
+        stats.profile_watch = ProfileWatch(cfg, start_at)
+    watch = getattr(stats, "profile_watch", None)
     if display is not None:
         display.start_level(level, cfg)
     done: set[int] = set()
@@ -167,6 +196,8 @@ def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog
                     log.write(msg["records"])
                     for rec in msg["records"]:
                         stats.add(rec)
+                        if watch is not None:
+                            watch.add(rec)
                 elif kind == "level_done":
                     stats.client_cpu_s += msg["cpu_s"]
                     done.add(w)

@@ -43,6 +43,7 @@ class LevelSpec:
     start_at_ns: int
     seed: int
     phase: float = 0.0  # constant arrivals: this worker's offset, as a fraction of its gap
+    profile: dict | None = None  # --profile (bench.profiles): this worker's share, Profile.public() form
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,12 @@ class LevelRunner:
 
     async def run(self) -> None:
         await _sleep_until(self.spec.start_at_ns)
-        if self.spec.mode == "closed":
+        if self.spec.profile is not None:
+            from bench.profiles import from_public
+
+            profile = from_public(self.spec.profile)
+            await (self._closed_profile(profile) if profile.closed_loop else self._open_profile(profile))
+        elif self.spec.mode == "closed":
             if self.spec.warmup:
                 await self._closed_phase(self.spec.warmup, None, warmup=True)
             await self._closed_phase(self.spec.requests, self.spec.duration_s, warmup=False)
@@ -232,5 +238,44 @@ class LevelRunner:
             task.add_done_callback(lambda t: (running.discard(t), cap.release()))
             k += 1
             scheduled += int(next(gaps))
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+    async def _closed_profile(self, profile) -> None:
+        """cstep: slot i sends while the profile's C is above i, and waits for a step that wants it again."""
+        start = self.spec.start_at_ns
+        end = start + int(profile.duration_s * 1e9)
+
+        async def slot(i: int) -> None:
+            while not self._stopped:
+                now = perf_counter_ns()
+                if now >= end:
+                    return
+                t_s = (now - start) / 1e9
+                if profile.load_at(t_s) <= i:
+                    nxt = next((seg.start_s for seg in profile.segments if seg.start_s > t_s and seg.begin > i), None)
+                    if nxt is None:
+                        return
+                    await _sleep_until(start + int(nxt * 1e9))
+                    continue
+                await self._tracked(self._one(now, False))
+
+        await asyncio.gather(*(slot(i) for i in range(int(profile.peak))))
+
+    async def _open_profile(self, profile) -> None:
+        """step/ramp: arrivals on the profile's schedule (bench.profiles), at most `concurrency` in flight."""
+        spec = self.spec
+        rng = random.Random(f"{spec.seed}:{spec.level}:{self.worker}")
+        cap = asyncio.Semaphore(spec.concurrency)
+        running: set[asyncio.Task] = set()
+        for k, t_s in enumerate(profile.arrival_times(spec.arrival, rng, spec.phase)):
+            scheduled = spec.start_at_ns + int(t_s * 1e9)
+            await _sleep_until(scheduled)
+            await cap.acquire()
+            if self._stopped:
+                break
+            task = asyncio.ensure_future(self._tracked(self._one(scheduled, k < spec.warmup)))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), cap.release()))
         if running:
             await asyncio.gather(*running, return_exceptions=True)

@@ -69,7 +69,9 @@ def from_stack(stack: str, cwd: str | None = None) -> dict:
         except (TypeError, ValueError):
             raise UsageError(f"--stack {stack}: output pricePerHour={price!r} is not a number") from None
     api_key = outputs.get("apiKey")
-    return {"url": url, "api_key": api_key if isinstance(api_key, str) and api_key else None, "price_per_hour": price}
+    capacity = outputs.get("capacity")  # what bench.capacity polls during a --profile run
+    return {"url": url, "api_key": api_key if isinstance(api_key, str) and api_key else None, "price_per_hour": price,
+            "capacity": capacity if isinstance(capacity, dict) else None}
 
 
 def api_key_from_env() -> str | None:
