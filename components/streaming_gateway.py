@@ -112,6 +112,10 @@ class StreamingGatewayArgs:
     # every REST API there logs with. Off by default: turning it on replaces what is set (and `pulumi destroy`
     # then leaves the stack's role in place rather than resetting the region's setting).
     manage_account_log_role: bool = False
+    # A browser origin allowed to call the API (the demo UI's CloudFront origin, `https://<domain>`): the app
+    # answers CORS for it alone (GATEWAY_CORS_ORIGINS), an unauthenticated OPTIONS method passes preflights
+    # to it, and API Gateway's own errors carry Access-Control-Allow-Origin so the page can read them.
+    cors_origin: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -140,6 +144,10 @@ class StreamingGatewayArgs:
         require(_COMPONENT, "lwa_layer_arn", self.lwa_layer_arn == "" or re.fullmatch(
             r"arn:aws[a-z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]+:\d+", self.lwa_layer_arn) is not None,
                 f"must be empty or a Lambda layer version ARN, got {self.lwa_layer_arn!r}")
+        if isinstance(self.cors_origin, str):  # an Output (a distribution's domain) is checked by the app at start
+            require(_COMPONENT, "cors_origin", re.fullmatch(r"https://[a-z0-9.-]+(:[0-9]{1,5})?", self.cors_origin) is not None,
+                    f"must be an https origin such as https://d111111abcdef8.cloudfront.net (no path, no "
+                    f"trailing slash, no wildcard), got {self.cors_origin!r}")
 
     @property
     def uses_api_gateway(self) -> bool:
@@ -276,6 +284,8 @@ class StreamingGateway(pulumi.ComponentResource):
         }
         if secret is not None:
             env["GATEWAY_API_KEY_SECRET_ARN"] = secret.arn  # the secret's name, never its value
+        if args.cors_origin is not None:
+            env["GATEWAY_CORS_ORIGINS"] = args.cors_origin
         return env
 
     def _app_role(self, args: StreamingGatewayArgs, logs: cloudwatch.LogGroup,
@@ -355,10 +365,14 @@ class StreamingGateway(pulumi.ComponentResource):
             opts=child,
             **integration_content,
         )
+        preflight_content = None
+        preflight: list[pulumi.Resource] = []
+        if args.cors_origin is not None:
+            preflight_content, preflight = self._preflight(api, proxy, integration_content)
         lambda_.Permission(f"{name}-invoke-from-api", action="lambda:InvokeFunction", function=function.name,
                            principal="apigateway.amazonaws.com",
                            source_arn=api.execution_arn.apply(lambda arn: f"{arn}/*/*/v1/*"), opts=child)
-        responses, responses_content = self._gateway_responses(api)
+        responses, responses_content = self._gateway_responses(api, args.cors_origin)
         method_settings = {
             "metrics_enabled": True,
             "logging_level": "ERROR",
@@ -377,10 +391,11 @@ class StreamingGateway(pulumi.ComponentResource):
             "authorizer": authorizer_content,
             "responses": responses_content,
             "method_settings": method_settings,
+            "preflight": preflight_content,
         }).apply(deployment_fingerprint)
         deployment = apigateway.Deployment(
             f"{name}-deployment", rest_api=api.id, triggers={"redeployment": fingerprint},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[method, integration, *responses]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[method, integration, *responses, *preflight]),
         )
 
         access_logs = cloudwatch.LogGroup(f"{name}-access-logs", name=f"{log_prefix}/access",
@@ -472,16 +487,39 @@ class StreamingGateway(pulumi.ComponentResource):
                            opts=child)
         return authorizer, content
 
-    def _gateway_responses(self, api: apigateway.RestApi) -> tuple[list[apigateway.Response], list[dict]]:
-        """API Gateway's own refusals (no key, over the limits) in the OpenAI error shape clients parse."""
+    def _preflight(self, api: apigateway.RestApi, proxy: apigateway.Resource,
+                   integration_content: Mapping) -> tuple[dict, list[pulumi.Resource]]:
+        """OPTIONS on /v1/{proxy+}, with no authorizer and no key (a browser's preflight carries neither),
+        proxied to the app, which answers it for the allowed origin only (lambda/gateway/app.py). An explicit
+        OPTIONS method is the one API Gateway picks over ANY for that verb (developer guide, "Set up a
+        proxy integration with a proxy resource"; CORS for REST APIs: the backend of a proxy integration
+        returns the CORS headers)."""
+        child = pulumi.ResourceOptions(parent=self)
+        method_content = {"http_method": "OPTIONS", "authorization": "NONE", "api_key_required": False,
+                          "request_parameters": {"method.request.path.proxy": True}}
+        method = apigateway.Method(f"{self._name}-preflight", rest_api=api.id, resource_id=proxy.id, opts=child,
+                                   **method_content)
+        integration = apigateway.Integration(f"{self._name}-preflight-integration", rest_api=api.id,
+                                             resource_id=proxy.id, http_method=method.http_method, opts=child,
+                                             **integration_content)
+        return {"method": method_content, "integration": dict(integration_content)}, [method, integration]
+
+    def _gateway_responses(self, api: apigateway.RestApi,
+                           cors_origin: pulumi.Input[str] | None = None) -> tuple[list[apigateway.Response], list[dict]]:
+        """API Gateway's own refusals (no key, over the limits) in the OpenAI error shape clients parse; with
+        a CORS origin, readable by that origin's page (else the browser shows a 401 or 429 as a network error)."""
         responses, contents = [], []
         for response_type, status, error_type, code, headers in GATEWAY_RESPONSES:
             template = json.dumps({"error": {"message": "MESSAGE", "type": error_type, "param": None, "code": code}})
+            parameters: dict[str, pulumi.Input[str]] = {f"gatewayresponse.header.{k}": f"'{v}'" for k, v in headers.items()}
+            if cors_origin is not None:
+                parameters["gatewayresponse.header.Access-Control-Allow-Origin"] = pulumi.Output.concat("'", cors_origin, "'")
+                parameters["gatewayresponse.header.Vary"] = "'Origin'"
             content = {
                 "response_type": response_type,
                 "status_code": status,
                 "response_templates": {"application/json": template.replace('"MESSAGE"', "$context.error.messageString")},
-                "response_parameters": {f"gatewayresponse.header.{k}": f"'{v}'" for k, v in headers.items()} or None,
+                "response_parameters": parameters or None,
             }
             responses.append(apigateway.Response(
                 f"{self._name}-response-{response_type.lower().replace('_', '-')}",

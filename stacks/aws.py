@@ -8,6 +8,7 @@ import pulumi
 
 from components.aws_common import sagemaker_instance_types
 from components.cost_budget import create_budget
+from components.demo_ui import DemoUi, DemoUiArgs, DemoUiConfig, DemoUiConfigArgs
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs, derived_endpoint_name
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
@@ -148,6 +149,9 @@ def build() -> dict[str, Any]:
                 tags=tags,
             ),
         )
+        # demoUi: the chat playground on S3 + CloudFront; the gateway answers CORS for its origin alone.
+        demo = (DemoUi("demo-ui", DemoUiArgs(log_retention_days=cfg.integer("logRetentionDays"), tags=tags))
+                if cfg.boolean("demoUi") else None)
         # OpenAI-compatible streaming front door; its EMF metrics feed the autoscaling policy above.
         gateway = StreamingGateway(
             "llm-gateway",
@@ -175,9 +179,13 @@ def build() -> dict[str, Any]:
                 stage_name=cfg.text("gatewayStageName"),
                 lwa_layer_arn=cfg.text("gatewayLwaLayerArn", allow_empty=True),
                 manage_account_log_role=cfg.boolean("gatewayManageAccountLogRole"),
+                cors_origin=demo.origin if demo is not None else None,
                 tags=tags,
             ),
         )
+        if demo is not None:
+            DemoUiConfig("demo-ui-config", DemoUiConfigArgs(bucket_name=demo.bucket_name, api_url=gateway.url,
+                                                            model=cfg.text("modelId"), tags=tags))
 
     budget = create_budget("cost", budget_args) if budget_args is not None else None
 
@@ -197,4 +205,6 @@ def build() -> dict[str, Any]:
         outputs["functionUrl"] = gateway.function_url
     if budget is not None:
         outputs["budgetName"] = budget.budget_name
+    if demo is not None:
+        outputs["demoUiUrl"] = demo.url  # open it, paste `pulumi stack output apiKey --show-secrets`
     return outputs

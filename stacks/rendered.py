@@ -108,6 +108,14 @@ def _aws_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]
         state["arn"] = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{state['keyId']}"
     if args.typ == "aws:apigateway/apiKey:ApiKey":
         state["value"] = args.inputs.get("value") or "mock-api-key-value-0123456789"
+    if args.typ == "aws:s3/bucket:Bucket":
+        # Pulumi auto-names a bucket: its resource name and a random suffix; the bucket's id is that name.
+        bucket = args.inputs.get("bucket") or f"{args.name}-0a1b2c3"
+        state.update(bucket=bucket, arn=f"arn:aws:s3:::{bucket}", bucketDomainName=f"{bucket}.s3.amazonaws.com",
+                     bucketRegionalDomainName=f"{bucket}.s3.us-east-1.amazonaws.com")
+    if args.typ == "aws:cloudfront/distribution:Distribution":
+        state.update(domainName="d111111abcdef8.cloudfront.net", hostedZoneId="Z2FDTNDATAQYW2",
+                     arn=f"arn:aws:cloudfront::{ACCOUNT}:distribution/EDFDVBD6EXAMPLE")
     return state
 
 
@@ -193,6 +201,8 @@ class GraphMocks(pulumi.runtime.Mocks):
                 state.setdefault(key, value)
         # Azure resources are known by their ARM id, the one their `id` output and references carry.
         resource_id = state["id"] if args.typ.startswith("azure-native:") else f"{args.name}-id"
+        if args.typ == "aws:s3/bucket:Bucket":
+            resource_id = state["bucket"]
         return [resource_id, state]
 
     def call(self, args: pulumi_mocks.MockCallArgs):
