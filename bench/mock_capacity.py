@@ -2,7 +2,8 @@
 
 The slots change on a schedule (`capacity_schedule`, seconds after the server started -> slots) or as an
 autoscaler would (`Autoscale`): when more than `queue_above` requests wait for `sustain_s` on end (the
-alarm's evaluation periods), the desired capacity grows by `step` slots and those slots serve
+alarm's evaluation periods; a request turned away at a full queue counts as a long queue), the desired
+capacity grows by `step` slots and those slots serve
 `provision_s` later (an instance starting). Every change is logged with its wall-clock time, so a
 benchmark's figures (scale-out lag, seconds in SLO violation) can be checked against what really happened.
 The server exposes it as `/capacity` (JSON) and as vLLM's Prometheus gauges on `/metrics`.
@@ -118,6 +119,7 @@ class Capacity:
         self.max_queue = max_queue
         self.running = 0
         self.rejected = 0  # turned away because the queue was full
+        self._rejected_seen = 0
         self._waiters: collections.deque = collections.deque()
         self._schedule = list(schedule)
         self._autoscale = autoscale
@@ -204,7 +206,10 @@ class Capacity:
         scaler = self._autoscale
         if scaler is None:
             return
-        if len(self._waiters) > scaler.queue_above:
+        # Requests turned away at a full queue since the last tick count as a long queue (the longest it gets).
+        turned_away = self.rejected > self._rejected_seen
+        self._rejected_seen = self.rejected
+        if len(self._waiters) > scaler.queue_above or turned_away:
             self._spare_since = None
             if self._over_since is None:
                 self._over_since = now

@@ -279,3 +279,18 @@ def test_mock_without_capacity_still_answers_capacity_and_metrics(mock_server):
     base = mock_server().url.removesuffix("/v1")
     assert get_json(base + "/capacity")["slots"] is None
     assert gauges(HTTP.request("GET", base + "/metrics").data.decode())["vllm:num_requests_waiting"] == 0
+
+
+def test_requests_turned_away_count_as_a_long_queue():
+    cap = Capacity(1, autoscale=Autoscale(max_slots=2, queue_above=5, sustain_s=1, provision_s=0), max_queue=0)
+    t0 = cap.t0_mono
+    cap.rejected = 1
+    cap.tick(t0 + 0)
+    cap.rejected = 2
+    cap.tick(t0 + 1)
+    assert cap.desired == 2
+    cap2 = Capacity(1, autoscale=Autoscale(max_slots=2, queue_above=5, sustain_s=1, provision_s=0), max_queue=0)
+    cap2.rejected = 1
+    cap2.tick(cap2.t0_mono)
+    cap2.tick(cap2.t0_mono + 1)  # no new rejection: the breach ended
+    assert cap2.desired == 1
