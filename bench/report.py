@@ -117,6 +117,10 @@ def render_report(summary: dict, charts: list[Path]) -> str:
         *results_table(levels),
         "",
     ]
+    lines += break_even_lines(summary)
+    from bench.search import report_lines as search_lines
+
+    lines += search_lines(summary)
     if charts:
         lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
     warnings = [(lv, w) for lv in levels for w in lv.get("warnings", [])]
@@ -147,6 +151,12 @@ def render_report(summary: dict, charts: list[Path]) -> str:
                     f"{_f(share['p95'])} |"
                 )
         lines.append("")
+    from bench.workload_stats import workload_lines
+
+    lines += workload_lines(summary)
+    from bench.server_metrics import report_lines as server_lines
+
+    lines += server_lines(summary)
     lines += [
         "## The client's own overhead",
         "",
@@ -166,6 +176,28 @@ def render_report(summary: dict, charts: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def break_even_lines(summary: dict) -> list[str]:
+    """Self-hosted $ per 1M tokens at the run's best level (planning/breakeven.py); only for a priced run."""
+    from planning import breakeven
+
+    try:
+        throughput, fleet_price = breakeven.measured_throughput_of(summary, "this run")
+    except breakeven.BreakEvenError:
+        return []  # no level produced tokens: nothing to price
+    if fleet_price is None:
+        return []
+    lines = ["## Self-host or buy tokens", "", "```"]
+    for utilization in (1.0, 0.5):
+        lines += breakeven.lines(breakeven.compare(fleet_price, throughput, utilization, None))[1:2]
+    return lines + [
+        "```",
+        "",
+        "Against a hosted API's prices: `python -m bench plan --from <this directory> --api-price IN,OUT` "
+        "(USD per 1M input,output tokens; see docs/planner.md).",
+        "",
+    ]
+
+
 def write_outputs(summary: dict, out_dir: Path, charts: bool = True) -> list[Path]:
     """report.md plus PNG charts; a chart that fails is reported, never fatal."""
     from bench.charts import latency_chart, throughput_chart, ttft_cdf_chart
@@ -174,11 +206,17 @@ def write_outputs(summary: dict, out_dir: Path, charts: bool = True) -> list[Pat
     paths: list[Path] = []
     if charts and summary["levels"]:
         try:
-            paths.append(latency_chart(summary, out_dir / "latency.png"))
-            paths.append(throughput_chart(summary, out_dir / "throughput.png"))
+            from bench.search import by_load
+            from bench.server_metrics import chart as server_chart
+
+            paths.append(latency_chart(by_load(summary), out_dir / "latency.png"))
+            paths.append(throughput_chart(by_load(summary), out_dir / "throughput.png"))
             cdf = ttft_cdf_chart(summary, out_dir / "requests.jsonl", out_dir / "ttft_cdf.png")
             if cdf is not None:
                 paths.append(cdf)
+            server = server_chart(summary, out_dir / "server_metrics.png")
+            if server is not None:
+                paths.append(server)
         except Exception as exc:  # the numbers matter more than the pictures
             summary.setdefault("warnings", []).append(f"charts failed: {type(exc).__name__}: {exc}")
     (out_dir / "report.md").write_text(render_report(summary, paths))

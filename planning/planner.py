@@ -675,6 +675,13 @@ def parser() -> argparse.ArgumentParser:
                    help=f"hourly price override (also {catalog.PRICES_ENV})")
     p.add_argument("--prices-file", help=f"JSON/YAML prices file (also {catalog.PRICES_FILE_ENV})")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    # Self-host or buy tokens (planning/breakeven.py).
+    p.add_argument("--api-price", metavar="IN,OUT",
+                   help="a hosted API's USD per 1M input,output tokens: adds the break-even against it")
+    p.add_argument("--utilization", type=_arg_fraction, default=0.5,
+                   help="share of the hour the instance runs at full load, for $ per 1M tokens (default 0.5)")
+    p.add_argument("--from", dest="from_results", metavar="RESULTS",
+                   help="a bench results directory: its measured throughput instead of the roofline")
     return p
 
 
@@ -709,8 +716,13 @@ def _regions(values: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from planning import breakeven
+
     args = parser().parse_args(argv)
     try:
+        api = breakeven.parse_api_price(args.api_price) if args.api_price else None
+        if args.from_results:
+            return _plan_from_results(args, api)
         spec = catalog.require_model(args.model, args.quantization)
         instances = _instances(args.instance)
         overrides: dict[str, float] = {}
@@ -740,10 +752,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError) as err:  # catalog look-ups, prices, plan inputs: one line each
         print(f"python -m bench plan: error: {err}", file=sys.stderr)
         return 2
+    comparisons = breakeven.for_plan(plan, api, args.utilization)
     if args.json:
-        print(json.dumps(plan.to_dict(), indent=2, default=_json_default))
+        out = plan.to_dict()
+        out["break_even"] = {name: result.to_dict() for name, result in comparisons.items()}
+        print(json.dumps(out, indent=2, default=_json_default))
     else:
         render(plan)
+        print("\nSelf-host or buy tokens (one always-on instance, its best estimated throughput):")
+        for name, result in comparisons.items():
+            print("\n".join(breakeven.lines(result, name)))
+    return 0
+
+
+def _plan_from_results(args: argparse.Namespace, api: Any) -> int:
+    from planning import breakeven
+
+    names = [n.strip() for item in (args.instance or []) for n in item.split(",") if n.strip()]
+    if len(names) > 1:
+        raise PlanError(f"--from takes one --instance (the type the run measured), got {', '.join(names)}")
+    overrides: dict[str, float] = {}
+    for pair in args.price:
+        overrides.update(catalog.parse_price_pairs(pair))
+    regions = _regions(args.region)
+    name, result = breakeven.from_results(
+        args.from_results, instance=names[0] if names else None, price_overrides=overrides, api=api,
+        utilization=args.utilization, region=regions.get("*"), prices_file=args.prices_file,
+    )
+    if args.json:
+        print(json.dumps({"break_even": {name: result.to_dict()}}, indent=2, default=_json_default))
+    else:
+        print("\n".join(breakeven.lines(result, name)))
     return 0
 
 

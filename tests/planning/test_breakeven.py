@@ -1,0 +1,172 @@
+"""Self-host or buy tokens: the break-even arithmetic, the worked examples of docs/planner.md, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench.report import break_even_lines
+from planning import breakeven, planner
+from planning.breakeven import ApiPrice, BreakEvenError, Throughput, compare
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "planner.md"
+# The worked example: 1,000 input + 500 output tokens/s at $1.80/h.
+RUN = Throughput(1000.0, 500.0, "example")
+
+
+def summary(price=1.8, instances=1) -> dict:
+    return {
+        "target": {"url": "http://x", "model": "m"},
+        "config": {"price_per_hour_usd": price, "instance_count": instances},
+        "levels": [
+            {"concurrency": 8, "rate": None, "duration_s": 100.0, "prompt_tokens": 50000, "output_throughput_tok_s": 250.0},
+            {"concurrency": 32, "rate": None, "duration_s": 100.0, "prompt_tokens": 100000, "output_throughput_tok_s": 500.0},
+            # a level that failed outright counts nothing, and is no candidate
+            {"concurrency": 64, "rate": None, "duration_s": 100.0, "prompt_tokens": 0, "output_throughput_tok_s": 0.0},
+        ],
+    }
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "RUN"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps(summary()))
+    return run
+
+
+def test_break_even_arithmetic():
+    r = compare(1.8, RUN, 0.5, ApiPrice(0.50, 1.50))
+    assert r.api_usd_per_hour_at_full_load == pytest.approx(4.5)  # 3600 x (1000 x 0.5 + 500 x 1.5) / 1e6
+    assert r.break_even_utilization == pytest.approx(0.4)
+    assert r.break_even_tokens_per_day == pytest.approx(0.4 * 86400 * 1500)
+    assert r.cost_ratio == pytest.approx(0.8)
+    assert (r.self_input_per_1m, r.self_output_per_1m) == (pytest.approx(0.4), pytest.approx(1.2))
+    assert r.self_usd_per_1m_tokens == pytest.approx(1.8 / (1800 * 1500) * 1e6)
+    assert r.self_usd_per_1m_output == pytest.approx(2.0)
+    assert r.beats_api and r.reachable
+
+
+def test_the_split_bills_the_same_as_the_hour():
+    # Self-hosted in/out prices times the tokens served in an hour give back the hour's price.
+    r = compare(2.3, Throughput(700.0, 300.0, "x"), 0.37, ApiPrice(0.2, 0.9))
+    served = 0.37 * 3600
+    bill = served * (700 * r.self_input_per_1m + 300 * r.self_output_per_1m) / 1e6
+    assert bill == pytest.approx(2.3)
+
+
+def test_exactly_at_break_even_self_hosting_does_not_beat_the_api():
+    api = ApiPrice(0.50, 1.50)
+    bill = compare(1.8, RUN, 1.0, api).api_usd_per_hour_at_full_load
+    r = compare(bill * 0.5, RUN, 0.5, api)  # exactly the API's bill at 50%
+    assert r.cost_ratio == 1.0 and r.reachable and r.beats_api is False
+
+
+def test_an_api_cheaper_than_a_full_instance_is_never_beaten():
+    r = compare(1.8, RUN, 1.0, ApiPrice(0.10, 0.30))
+    assert r.break_even_utilization == pytest.approx(2.0)
+    assert not r.reachable and not r.beats_api
+    assert "never with one instance" in breakeven.lines(r)[-1]
+
+
+def test_without_an_api_price_only_self_hosted_figures():
+    r = compare(1.8, RUN, 1.0, None)
+    assert r.cost_ratio is None and r.break_even_tokens_per_day is None and r.self_input_per_1m is None
+    assert r.self_usd_per_1m_output == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("1", "give two prices"),
+        ("a,b", "must be numbers"),
+        ("-1,2", "input price must be a number >= 0"),
+        ("0,0", "a free API always wins"),
+        ("1,nan", "output price must be a number >= 0"),
+    ],
+)
+def test_api_price_refusals(text, words):
+    with pytest.raises(BreakEvenError, match=words):
+        breakeven.parse_api_price(text)
+
+
+def test_api_price_parses_dollars():
+    assert breakeven.parse_api_price(" $0.15, 0.60") == ApiPrice(0.15, 0.60)
+
+
+@pytest.mark.parametrize(("price", "utilization", "words"), [(0, 0.5, "price must be > 0"), (1.0, 1.5, "--utilization")])
+def test_compare_refusals(price, utilization, words):
+    with pytest.raises(BreakEvenError, match=words):
+        compare(price, RUN, utilization, None)
+
+
+def test_measured_throughput_takes_the_best_level(run_dir):
+    throughput, price = breakeven.measured_throughput(run_dir)
+    assert (throughput.input_tokens_per_s, throughput.output_tokens_per_s) == (1000.0, 500.0)
+    assert throughput.source.endswith("level c=32")
+    assert price == 1.8
+
+
+def test_the_fleet_price_is_price_times_instances(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps(summary(price=1.5, instances=2)))
+    assert breakeven.measured_throughput(tmp_path)[1] == 3.0
+
+
+def test_a_run_without_tokens_or_summary_is_refused(tmp_path):
+    with pytest.raises(BreakEvenError, match="no summary.json there"):
+        breakeven.measured_throughput(tmp_path)
+    empty = summary()
+    empty["levels"] = empty["levels"][2:]
+    (tmp_path / "summary.json").write_text(json.dumps(empty))
+    with pytest.raises(BreakEvenError, match="no level of that run produced output tokens"):
+        breakeven.measured_throughput(tmp_path)
+
+
+def _docs_examples() -> list[tuple[list[str], str]]:
+    blocks = re.findall(r"```\n\$ python -m bench plan (.*?)\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) == 2, "docs/planner.md lost its break-even worked examples"
+    return [(args.split(), out) for args, out in blocks]
+
+
+@pytest.mark.parametrize("example", range(2))
+def test_docs_worked_examples_word_for_word(example, run_dir, capsys, monkeypatch):
+    args, expected = _docs_examples()[example]
+    monkeypatch.chdir(run_dir.parent)
+    assert planner.main(args) == 0
+    assert capsys.readouterr().out == expected
+
+
+def test_from_a_run_without_price_needs_the_instance(run_dir, capsys):
+    (run_dir / "summary.json").write_text(json.dumps(summary(price=None)))
+    assert planner.main(["--from", str(run_dir)]) == 2
+    assert "name the instance it ran on with --instance TYPE" in capsys.readouterr().err
+    assert planner.main(["--from", str(run_dir), "--instance", "ml.g5.2xlarge", "--price", "ml.g5.2xlarge=1.8",
+                         "--api-price", "0.5,1.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["break_even"]["ml.g5.2xlarge"]
+    assert out["break_even_utilization"] == pytest.approx(0.4) and out["break_even_reachable"] is True
+
+
+def test_the_roofline_plan_compares_each_priced_instance(capsys):
+    assert planner.main(["--instance", "ml.g5.2xlarge", "--price", "ml.g5.2xlarge=1.8", "--api-price", "0.5,1.5",
+                         "--concurrency", "1,8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    estimates = plan["instances"][0]["estimates"]
+    best = max(estimates, key=lambda e: e["output_tokens_per_s"])
+    assert best["concurrency"] == 8
+    result = plan["break_even"]["ml.g5.2xlarge"]
+    tput = result["throughput"]
+    assert tput["output_tokens_per_s"] == pytest.approx(best["output_tokens_per_s"], rel=1e-3)
+    assert tput["input_tokens_per_s"] == pytest.approx(best["requests_per_s"] * 512, rel=1e-3)
+    bill = 3600 * (tput["input_tokens_per_s"] * 0.5 + tput["output_tokens_per_s"] * 1.5) / 1e6
+    assert result["break_even_utilization"] == pytest.approx(1.8 / bill)
+
+
+def test_a_priced_reports_shows_self_hosted_cost():
+    lines = break_even_lines(summary())
+    assert lines[0] == "## Self-host or buy tokens"
+    assert any("at 100% utilization: $0.333 per 1M tokens" in line for line in lines)
+    assert any("at 50% utilization: $0.667 per 1M tokens" in line for line in lines)
+    assert break_even_lines(summary(price=None)) == []
