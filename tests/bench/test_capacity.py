@@ -1,18 +1,34 @@
 """Capacity: the mock's scripted slots (the truth) and the readers that poll a cloud's capacity."""
 
 import asyncio
+import datetime as _dt
+import http.server
+import json
 import re
+import sys
 import threading
 import time
-
 import urllib.error
 import urllib.request
 
+import boto3
 import orjson
 import pytest
+from botocore.stub import Stubber
 
+from bench.capacity import (
+    CapacityPoller,
+    CapacityUnavailable,
+    FixedCapacity,
+    GkeCapacity,
+    MockCapacity,
+    SageMakerCapacity,
+    from_spec,
+    parse_capacity_flag,
+)
 from bench.mock_capacity import Autoscale, Capacity, parse_autoscale, parse_schedule
 from bench.mock_server import MockConfig
+
 
 class _Reply:
     def __init__(self, status: int, data: bytes):
@@ -294,3 +310,202 @@ def test_requests_turned_away_count_as_a_long_queue():
     cap2.tick(cap2.t0_mono)
     cap2.tick(cap2.t0_mono + 1)  # no new rejection: the breach ended
     assert cap2.desired == 1
+
+
+# -- AWS: DescribeEndpoint on botocore's real client, stubbed -----------------------------------------------
+
+
+
+def _sagemaker_client():
+    return boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="AKIDEXAMPLE",
+                        aws_secret_access_key="secret")  # pragma: allowlist secret (a fake for the stub)
+
+
+def _describe_endpoint(variants):
+    # The DescribeEndpoint response shape (botocore's sagemaker service-2.json; Stubber validates against it).
+    now = _dt.datetime(2026, 12, 1, tzinfo=_dt.UTC)
+    return {
+        "EndpointName": "llm-endpoint",
+        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/llm-endpoint",
+        "EndpointConfigName": "llm-config",
+        "EndpointStatus": "Updating",
+        "CreationTime": now,
+        "LastModifiedTime": now,
+        "ProductionVariants": variants,
+    }
+
+
+def test_sagemaker_reader_reads_the_variants_current_and_desired_counts():
+    client = _sagemaker_client()
+    variants = [
+        {"VariantName": "shadow", "CurrentWeight": 0.0, "DesiredWeight": 0.0, "CurrentInstanceCount": 9,
+         "DesiredInstanceCount": 9},
+        {"VariantName": "primary", "CurrentWeight": 1.0, "DesiredWeight": 1.0, "CurrentInstanceCount": 1,
+         "DesiredInstanceCount": 3},
+    ]
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", _describe_endpoint(variants), {"EndpointName": "llm-endpoint"})
+        stub.add_client_error("describe_endpoint", service_error_code="ValidationException",
+                              service_message="Could not find endpoint llm-endpoint.")
+        reader = SageMakerCapacity("llm-endpoint", "primary", client=client)
+        assert reader.read() == (1, 3)
+        with pytest.raises(CapacityUnavailable, match="ValidationException: Could not find endpoint"):
+            reader.read()
+        stub.assert_no_pending_responses()
+
+
+def test_sagemaker_reader_names_a_missing_variant():
+    client = _sagemaker_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_endpoint", _describe_endpoint(
+            [{"VariantName": "AllTraffic", "CurrentInstanceCount": 1, "DesiredInstanceCount": 1}]))
+        with pytest.raises(CapacityUnavailable, match=r"no variant 'primary' \(variants: AllTraffic\)"):
+            SageMakerCapacity("llm-endpoint", "primary", client=client).read()
+
+
+def test_sagemaker_reader_without_credentials_says_what_to_set(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    reader = SageMakerCapacity("llm-endpoint", "primary", region="us-east-1")
+    with pytest.raises(CapacityUnavailable, match="no AWS credentials for DescribeEndpoint: set AWS_PROFILE"):
+        reader.read()
+
+
+# -- GKE: the Kubernetes API's apps/v1 and autoscaling/v2 JSON from a local server ---------------------------
+
+DEPLOYMENT = {  # GET /apis/apps/v1/namespaces/llm/deployments/vllm (abridged, real field names)
+    "kind": "Deployment", "apiVersion": "apps/v1",
+    "metadata": {"name": "vllm", "namespace": "llm", "generation": 4},
+    "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "vllm"}}},
+    "status": {"observedGeneration": 4, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 2,
+               "availableReplicas": 2, "unavailableReplicas": 1},
+}
+HPA = {  # GET /apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/vllm
+    "kind": "HorizontalPodAutoscaler", "apiVersion": "autoscaling/v2",
+    "metadata": {"name": "vllm", "namespace": "llm"},
+    "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vllm"},
+             "minReplicas": 1, "maxReplicas": 4},
+    "status": {"currentReplicas": 3, "desiredReplicas": 4,
+               "currentMetrics": [{"type": "Pods", "pods": {
+                   "metric": {"name": "prometheus.googleapis.com|vllm:num_requests_waiting|gauge"},
+                   "current": {"averageValue": "7"}}}]},
+}
+
+
+@pytest.fixture
+def kube_api():
+    seen = []
+    answers = {"/apis/apps/v1/namespaces/llm/deployments/vllm": DEPLOYMENT,
+               "/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/vllm": HPA}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers.get("Authorization")))
+            if self.headers.get("Authorization") != "Bearer kube-token":
+                self.send_response(401)
+                self.end_headers()
+                return
+            body = answers.get(self.path)
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body or {"kind": "Status", "code": 404}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen, answers
+    server.shutdown()
+
+
+def _kubeconfig(tmp_path, server, user):
+    import yaml
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "gke_proj_us-central1_llm",
+        "clusters": [{"name": "gke_proj_us-central1_llm", "cluster": {"server": server}}],
+        "contexts": [{"name": "gke_proj_us-central1_llm",
+                      "context": {"cluster": "gke_proj_us-central1_llm", "user": "gke-user", "namespace": "llm"}}],
+        "users": [{"name": "gke-user", "user": user}],
+    }))
+    return str(path)
+
+
+def test_gke_reader_reads_ready_replicas_and_the_hpas_desired(kube_api, tmp_path):
+    server, seen, answers = kube_api
+    reader = GkeCapacity("vllm", "vllm", kubeconfig=_kubeconfig(tmp_path, server, {"token": "kube-token"}))
+    assert reader.namespace == "llm"  # from the context
+    assert reader.read() == (2, 4)
+    assert [p for p, _auth in seen] == ["/apis/apps/v1/namespaces/llm/deployments/vllm",
+                                        "/apis/autoscaling/v2/namespaces/llm/horizontalpodautoscalers/vllm"]
+    # No pod ready: the API leaves readyReplicas out of the status.
+    answers["/apis/apps/v1/namespaces/llm/deployments/vllm"] = {**DEPLOYMENT, "status": {"replicas": 3}}
+    assert reader.read() == (0, 4)
+    assert GkeCapacity("vllm", kubeconfig=_kubeconfig(tmp_path, server, {"token": "kube-token"})).read() == (0, 3)
+
+
+def test_gke_reader_gets_its_token_from_the_exec_plugin(kube_api, tmp_path):
+    server, seen, _ = kube_api
+    credential = json.dumps({"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                             "status": {"token": "kube-token"}})
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": sys.executable,
+                     "args": ["-c", f"print({credential!r})"], "provideClusterInfo": True}}
+    assert GkeCapacity("vllm", "vllm", kubeconfig=_kubeconfig(tmp_path, server, user)).read() == (2, 4)
+    assert seen[0][1] == "Bearer kube-token"
+
+
+def test_gke_reader_failures_say_what_to_do(kube_api, tmp_path, monkeypatch):
+    server, _, _ = kube_api
+    with pytest.raises(CapacityUnavailable, match="HTTP 401: the kubeconfig's user may not read it"):
+        GkeCapacity("vllm", "vllm", kubeconfig=_kubeconfig(tmp_path, server, {"token": "wrong"})).read()
+    with pytest.raises(CapacityUnavailable, match="HTTP 404"):
+        GkeCapacity("other", kubeconfig=_kubeconfig(tmp_path, server, {"token": "kube-token"})).read()
+    missing = {"exec": {"command": "gke-gcloud-auth-plugin-not-here"}}
+    with pytest.raises(CapacityUnavailable, match="gcloud components install gke-gcloud-auth-plugin"):
+        GkeCapacity("vllm", kubeconfig=_kubeconfig(tmp_path, server, missing))
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    with pytest.raises(CapacityUnavailable, match="no kubeconfig at .*gcloud container clusters get-credentials"):
+        GkeCapacity("vllm")
+
+
+def test_specs_flags_fixed_and_mock_readers(mock_server):
+    assert parse_capacity_flag("sagemaker:ep/primary@eu-west-1") == {
+        "kind": "sagemaker", "endpointName": "ep", "variantName": "primary", "region": "eu-west-1"}
+    assert parse_capacity_flag("gke:llm/vllm,vllm-hpa") == {
+        "kind": "gke", "namespace": "llm", "deployment": "vllm", "hpa": "vllm-hpa"}
+    assert parse_capacity_flag("fixed:2") == {"kind": "fixed", "instances": 2}
+    with pytest.raises(ValueError, match="expected mock, fixed:N"):
+        parse_capacity_flag("azure")
+    with pytest.raises(CapacityUnavailable, match="kind 'ec2' is unknown"):
+        from_spec({"kind": "ec2"})
+    assert FixedCapacity(1).read() == (1, 1)
+    server = mock_server(max_concurrent=4, slots_per_instance=2)
+    assert from_spec({"kind": "mock"}, server.url).read() == (2, 2)
+    assert MockCapacity(mock_server().url).read() == (None, None)  # no scripted capacity: unknown
+
+
+def test_poller_keeps_polling_past_failures_and_reports_the_last():
+    class Flaky:
+        name = "flaky"
+        calls = 0
+
+        def read(self):
+            Flaky.calls += 1
+            if Flaky.calls == 2:
+                raise CapacityUnavailable("throttled")
+            return Flaky.calls, Flaky.calls
+
+    poller = CapacityPoller(Flaky(), 10)
+    poller.start(0)
+    for _ in range(2):
+        poller.poll_once()
+    poller.stop()
+    assert [(c, d) for _t, c, d in poller.samples] == [(1, 1), (3, 3)]
+    assert (poller.errors, poller.last_error) == (1, "throttled")
