@@ -35,7 +35,8 @@ class Display:
         if self.quiet:
             return
         price = f"${cfg.total_price_per_hour:g}/h ({cfg.price_source})" if cfg.price_per_hour else "no price"
-        levels = ", ".join(level.label for level in cfg.levels())
+        search = getattr(cfg, "search", None)
+        levels = search.describe() if search else ", ".join(level.label for level in cfg.levels())
         bound = (f"{cfg.requests} requests" if cfg.requests else "") + (
             f"{' or ' if cfg.requests else ''}{cfg.duration_s:g}s" if cfg.duration_s else ""
         )
@@ -92,6 +93,11 @@ class Display:
             for warning in s["warnings"]:
                 self.err.print(f"[yellow]  warning:[/] {warning}")
 
+    def note(self, text: str) -> None:
+        """One line after a level (server metrics, or why there are none)."""
+        if not self.quiet:
+            self.err.print(f"  {text}", highlight=False, markup=False)
+
     def close(self) -> None:
         if self._live is not None:
             self._live.stop()
@@ -100,6 +106,11 @@ class Display:
     def final(self, summary: dict, out_dir, exit_code: int) -> None:
         if summary["levels"]:
             self.out.print(summary_table(summary))
+        if summary.get("search"):
+            from bench.search import describe_result
+
+            for line in describe_result(summary["search"]):
+                self.out.print(line, highlight=False, markup=False)
         status = summary["status"]
         note = {
             "complete": "",

@@ -29,8 +29,10 @@ LEVEL_KEYS = {
     "server_ttft_ms", "gateway_share_ttft_ms",
     "warmup_requests", "client_cpu_s", "client_cpu_ms_per_request", "stopped_early", "warnings",
     "start_unix_s", "prompt_tokens_check",  # bench.workload_stats (shards' time line; requested vs counted)
+    "server_metrics",  # bench.server_metrics: the mock serves /metrics
 }  # fmt: skip
-TOP_KEYS = {"target", "config", "client", "run_id", "started_at", "finished_at", "status", "levels"}
+TOP_KEYS = {"target", "config", "client", "run_id", "started_at", "finished_at", "status", "levels",
+            "server_metrics"}
 
 # Mock fault -> the error kind the bench must record (as in test_backend), 1/16 of requests each, so each
 # level of 16 requests (server requests 0-15, then 16-31) gets exactly one of each.
