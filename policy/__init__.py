@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from policy import _access, _capacity, _encryption, _iam, _logs, _secrets, _tags
+from policy import _access, _capacity, _encryption, _iam, _logs, _secrets, _tags, _web
 from policy._model import Node, Option, Rule, Violation, Waiver
 from policy.waivers import WAIVERS
 
@@ -26,6 +26,7 @@ RULES: tuple[Rule, ...] = (
     _tags.RULE,
     _capacity.RULE,
     _secrets.RULE,
+    _web.RULE,
 )
 
 __all__ = ["RULES", "WAIVERS", "Node", "Option", "Rule", "Violation", "Waiver", "check_graph", "check_resource", "rule"]

@@ -65,7 +65,7 @@ def served() -> Iterator[Served]:
     thread = threading.Thread(target=run, name="demo-serve", daemon=True)
     thread.start()
     served.ready.wait(DemoOptions.vllm_ready_timeout_s + 120)
-    if served.failure is not None or not served.lines or not any(l.startswith("playground") for l in served.lines):
+    if served.failure is not None or not any(line.startswith("playground") for line in served.lines):
         served.stop.set()
         raise AssertionError(f"--serve did not come up: {served.failure!r}\n" + "\n".join(served.lines))
     yield served

@@ -12,7 +12,7 @@ UNTAGGED_GROUP = ("aws:cloudwatch/logGroup:LogGroup", "llm-logs", {"retentionInD
 
 def test_every_rule_has_checks_description_and_remediation():
     names = [r.name for r in RULES]
-    assert len(names) == len(set(names)) == 7
+    assert len(names) == len(set(names)) == 8
     for r in RULES:
         assert r.resource_checks or r.graph_checks
         assert len(r.description) > 20 and len(r.remediation) > 20

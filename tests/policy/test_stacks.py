@@ -43,6 +43,7 @@ GRAPHS: dict[str, tuple[str, dict[str, Any]]] = {
     "aws-function-url": ("aws", {"gatewayMode": "both"}),
     "aws-function-url-iam": ("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM"}),
     "aws-budget": ("aws", {**BUDGET, "hfToken": Secret(DUMMY_SECRET)}),
+    "aws-demo-ui": ("aws", {"demoUi": True}),  # the playground: S3 + CloudFront, CORS on the gateway
     "gcp": ("gcp", {}),
     "gcp-budget": ("gcp", {**BUDGET, "gcpBillingAccount": BILLING_ACCOUNT, "hfToken": Secret(DUMMY_SECRET)}),
     "azure": ("azure", {"sshPublicKey": SSH_KEY}),
