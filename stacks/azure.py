@@ -100,7 +100,7 @@ def source_cidrs(cfg: StackConfig, name: str, *, required: bool) -> list[str]:
             cfg.key(name),
             cidrs,
             "lists no source CIDR, so nobody could reach the API",
-            f"allow your address: `pulumi config set --path '{cfg.key(name)}[0]' $(curl -s https://ifconfig.me)/32`",
+            f"allow your address: `pulumi config set --path '{cfg.key(name)}[0]' \"$(curl -4 -s https://ifconfig.me)/32\"`",
         )
     return cidrs
 

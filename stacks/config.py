@@ -8,6 +8,7 @@ the value, what is wrong and the `pulumi config set` that fixes it.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +18,22 @@ import pulumi
 from components import InvalidArgs
 
 PROJECT = "llm-inference"
+
+# What the example stack files hold where the user must put their own values: a project id that is not
+# theirs, and the documentation address ranges of RFC 5737 (IPv4) and RFC 3849 (IPv6), which route nowhere.
+PLACEHOLDER_VALUES = frozenset({"my-llm-inference-project"})
+DOCUMENTATION_RANGES = tuple(
+    ipaddress.ip_network(net) for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+
+
+def documentation_range(value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The documentation range `value` (an address or CIDR) falls in, or None (also for non-addresses)."""
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        return None
+    return next((doc for doc in DOCUMENTATION_RANGES if net.version == doc.version and net.subnet_of(doc)), None)
 
 
 class ConfigError(ValueError):
@@ -43,8 +60,25 @@ class StackConfig:
             raise ConfigError(self.key(name), None, "is missing (Pulumi.yaml declares no default for it)")
         return value
 
+    def _refuse_placeholder(self, name: str, value: str, *, listed: bool = False) -> None:
+        if value in PLACEHOLDER_VALUES:
+            raise ConfigError(
+                self.key(name), value, "is the example's placeholder, not a real value",
+                f"set yours with `pulumi config set {self.key(name)} <value>`",
+            )
+        doc = documentation_range(value)
+        if doc is not None:
+            path = f"--path '{self.key(name)}[0]'" if listed else self.key(name)
+            raise ConfigError(
+                self.key(name), value,
+                f"is in the documentation range {doc} (the example's placeholder; it reaches nobody)",
+                "name your own networks, e.g. your address: "
+                f"`pulumi config set {path} \"$(curl -4 -s https://ifconfig.me)/32\"`",
+            )
+
     def text(self, name: str, *, allow_empty: bool = False, choices: Any = None) -> str:
         value = self._raw(name).strip()
+        self._refuse_placeholder(name, value)
         if not value and not allow_empty:
             raise ConfigError(self.key(name), value, "must not be empty")
         if choices is not None and value not in choices:
@@ -82,9 +116,11 @@ class StackConfig:
     def strings(self, name: str) -> list[str]:
         """A list, given as a YAML/JSON array or a comma-separated string."""
         raw = self._cfg.get_object(name) if self._looks_like_json(name) else self._raw(name)
-        if isinstance(raw, list):
-            return [str(item).strip() for item in raw if str(item).strip()]
-        return [part.strip() for part in str(raw).split(",") if part.strip()]
+        items = raw if isinstance(raw, list) else str(raw).split(",")
+        values = [str(item).strip() for item in items if str(item).strip()]
+        for value in values:
+            self._refuse_placeholder(name, value, listed=True)
+        return values
 
     def _looks_like_json(self, name: str) -> bool:
         return str(self._raw(name)).lstrip().startswith("[")

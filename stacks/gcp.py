@@ -159,7 +159,7 @@ def build() -> dict[str, Any]:
             cfg.key("gkeServiceSourceRanges"),
             [],
             "names no CIDR allowed to reach the endpoint",
-            f"run `pulumi config set --path '{cfg.key('gkeServiceSourceRanges')}[0]' 203.0.113.0/24` "
+            f"run `pulumi config set --path '{cfg.key('gkeServiceSourceRanges')}[0]' \"$(curl -4 -s https://ifconfig.me)/32\"` "
             "(0.0.0.0/0 admits anyone holding the API key)",
         )
     if "0.0.0.0/0" in service_source_ranges:

@@ -102,6 +102,8 @@ def _aws_state(args: pulumi_mocks.MockResourceArgs, name: str) -> dict[str, Any]
         state["rootResourceId"] = "rootres"
         state["executionArn"] = f"arn:aws:execute-api:us-east-1:{ACCOUNT}:{name}"
     if args.typ == "aws:apigateway/stage:Stage":
+        # The stage's ARN as API Gateway forms it (what WAF's AssociateWebACL takes), not the generic one.
+        state["arn"] = f"arn:aws:apigateway:us-east-1::/restapis/{args.inputs.get('restApi')}/stages/{args.inputs.get('stageName')}"
         state["invokeUrl"] = f"https://{name}.execute-api.us-east-1.amazonaws.com/{args.inputs.get('stageName', 'prod')}"
     if args.typ == "aws:kms/key:Key":
         state["keyId"] = f"{name}-key-id"
@@ -276,8 +278,20 @@ def _unwrap_secrets(rpc, value: Any, path: str, secret_paths: set[str]) -> Any:
     return value
 
 
-def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, str], list[str]]:
-    """Pulumi.yaml defaults, then Pulumi.<stack>.yaml, then overrides (None removes a key).
+# The example stack files hold placeholders the stacks refuse (stacks/config.py: a project id that is not
+# the user's, documentation address ranges); mock runs put these stand-ins in their place, as a user would.
+# 198.18.0.0/15 is the benchmarking range (RFC 2544): not a documentation range, and no one's network.
+EXAMPLE_STAND_INS: dict[str, dict[str, Any]] = {
+    "azure": {"llm-inference:apiSourceCidrs": ["198.18.0.0/24"]},
+    "gcp": {"gcp:project": "mock-project", "llm-inference:gkeServiceSourceRanges": ["198.18.0.0/24"]},
+}
+
+
+def stack_config(
+    stack: str, overrides: Mapping[str, Any] | None = None, *, stand_ins: bool = True
+) -> tuple[dict[str, str], list[str]]:
+    """Pulumi.yaml defaults, then Pulumi.<stack>.yaml, then its EXAMPLE_STAND_INS (unless `stand_ins` is
+    False: the example as shipped), then overrides (None removes a key).
 
     Secure values are replaced by a dummy and marked secret, as the CLI would decrypt them.
     Keys may be given short (`maxInstances`) for the project namespace.
@@ -296,6 +310,8 @@ def stack_config(stack: str, overrides: Mapping[str, Any] | None = None) -> tupl
                 secret_keys.append(key)
             else:
                 values[key] = _as_config_string(value)
+    if stand_ins:
+        values.update({key: _as_config_string(value) for key, value in EXAMPLE_STAND_INS.get(stack, {}).items()})
     for key, value in (overrides or {}).items():
         full = key if ":" in key else f"{PROJECT}:{key}"
         if value is None:
@@ -377,12 +393,12 @@ def run_stack(stack: str, overrides: Mapping[str, Any] | None = None, **kwargs: 
     return run_program(lambda: build(stack), stack=stack, config=config, secret_keys=secret_keys, **kwargs)
 
 
-def refused_stack(stack: str, overrides: Mapping[str, Any] | None = None):
+def refused_stack(stack: str, overrides: Mapping[str, Any] | None = None, *, stand_ins: bool = True):
     """Run `stack` expecting exactly one ConfigError; hand back the error and what was registered."""
     from stacks import build
     from stacks.config import ConfigError
 
-    config, secret_keys = stack_config(stack, overrides)
+    config, secret_keys = stack_config(stack, overrides, stand_ins=stand_ins)
     caught: list[ConfigError] = []
 
     def program():

@@ -182,7 +182,7 @@ def test_ssh_is_key_only(run):
 def test_auto_shutdown_from_the_example_and_off_when_empty(run):
     schedule = run.one("azure-native:devtestlab:GlobalSchedule").inputs
     assert schedule["name"] == "shutdown-computevm-llm-azure-vm"
-    assert schedule["dailyRecurrence"] == {"time": "1900"}
+    assert schedule["dailyRecurrence"] == {"time": "2300"}
     assert schedule["targetResourceId"] == run.one(VM).state["id"]
     assert azure({"autoShutdownTime": ""}).of_type("azure-native:devtestlab:GlobalSchedule") == []
 
@@ -193,7 +193,7 @@ def test_auto_shutdown_from_the_example_and_off_when_empty(run):
 def test_the_api_port_is_open_only_to_the_configured_cidrs(run):
     (api,) = rules_for_port(run, 8000)
     assert api["access"] == "Allow" and api["direction"] == "Inbound"
-    assert sources(api) == {"203.0.113.0/24"}
+    assert sources(api) == {"198.18.0.0/24"}
     assert [r["name"] for r in inbound_rules(run)] == ["allow-api"]
 
 
@@ -202,17 +202,17 @@ def test_ssh_is_closed_by_default(run):
 
 
 def test_ssh_opens_only_to_explicit_cidrs_and_never_to_anywhere():
-    run = azure({"sshSourceCidrs": ["192.0.2.10/32", "198.51.100.0/28"]})
+    run = azure({"sshSourceCidrs": ["198.18.5.10/32", "198.18.6.0/28"]})
     (ssh,) = rules_for_port(run, 22)
-    assert sources(ssh) == {"192.0.2.10/32", "198.51.100.0/28"}
+    assert sources(ssh) == {"198.18.5.10/32", "198.18.6.0/28"}
     for rule in rules_for_port(run, 22):
         assert not sources(rule) & ANYWHERE
 
 
 def test_api_cidrs_from_config(run):
-    run = azure({"apiSourceCidrs": ["198.51.100.7", "192.0.2.0/24"], "apiPort": 9000})
+    run = azure({"apiSourceCidrs": ["198.18.7.7", "198.18.2.0/24"], "apiPort": 9000})
     (api,) = rules_for_port(run, 9000)
-    assert sources(api) == {"198.51.100.7/32", "192.0.2.0/24"}
+    assert sources(api) == {"198.18.7.7/32", "198.18.2.0/24"}
     assert run.outputs["url"] == f"http://{FQDN}:9000/v1"
 
 
@@ -337,7 +337,7 @@ def test_tls_serves_https_on_443_for_the_fqdn():
     run = azure({"tls": True, "tlsEmail": "ops@example.com"})
     assert run.outputs["url"] == f"https://{FQDN}/v1"
     (api,) = rules_for_port(run, 443)
-    assert sources(api) == {"203.0.113.0/24"}
+    assert sources(api) == {"198.18.0.0/24"}
     assert rules_for_port(run, 8000) == []  # vLLM listens on loopback behind Caddy
     (acme,) = rules_for_port(run, 80)
     assert sources(acme) == {"Internet"}

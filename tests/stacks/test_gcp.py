@@ -106,7 +106,7 @@ def test_cluster_is_vpc_native_private_with_workload_identity_and_managed_promet
     cluster = gcp.one("gcp:container/cluster:Cluster").inputs
     assert cluster["networkingMode"] == "VPC_NATIVE"
     assert cluster["ipAllocationPolicy"] == {"clusterSecondaryRangeName": "pods", "servicesSecondaryRangeName": "services"}
-    assert cluster["workloadIdentityConfig"] == {"workloadPool": "my-llm-inference-project.svc.id.goog"}
+    assert cluster["workloadIdentityConfig"] == {"workloadPool": "mock-project.svc.id.goog"}
     assert cluster["monitoringConfig"]["managedPrometheus"] == {"enabled": True}
     assert cluster["releaseChannel"] == {"channel": "REGULAR"}
     assert cluster["privateClusterConfig"] == {"enablePrivateNodes": True, "enablePrivateEndpoint": False}
@@ -145,7 +145,7 @@ def test_iam_grants_only_the_node_role_and_the_adapters_monitoring_read(gcp):
         "roles/container.defaultNodeServiceAccount": "serviceAccount:gke-gcp-nodes@mock-project.iam.gserviceaccount.com",
         "roles/monitoring.viewer": (
             "principal://iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/"
-            "my-llm-inference-project.svc.id.goog/subject/ns/custom-metrics/sa/custom-metrics-stackdriver-adapter"
+            "mock-project.svc.id.goog/subject/ns/custom-metrics/sa/custom-metrics-stackdriver-adapter"
         ),
     }
 
@@ -205,11 +205,11 @@ def test_service_is_a_load_balancer_on_the_reserved_ip_open_to_the_configured_ra
     assert address.inputs["addressType"] == "EXTERNAL" and address.inputs["region"] == "us-central1"
     assert spec["type"] == "LoadBalancer"
     assert spec["loadBalancerIP"] == "203.0.113.10"
-    # The example opens nothing to the Internet: a documentation range the user replaces.
-    assert spec["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    # The example lists a documentation range (refused: tests/stacks/test_placeholders.py); the harness stands in.
+    assert spec["loadBalancerSourceRanges"] == ["198.18.0.0/24"]
     assert spec["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
-    narrowed = run_stack("gcp", {"gkeServiceSourceRanges": ["203.0.113.0/24", "198.51.100.7/32"]})
-    assert narrowed.named("vllm-service").inputs["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24", "198.51.100.7/32"]
+    narrowed = run_stack("gcp", {"gkeServiceSourceRanges": ["198.18.0.0/24", "198.18.7.7/32"]})
+    assert narrowed.named("vllm-service").inputs["spec"]["loadBalancerSourceRanges"] == ["198.18.0.0/24", "198.18.7.7/32"]
 
 
 def test_gcp_resources_carry_sanitized_labels_and_kubernetes_objects_the_tags():
