@@ -33,8 +33,11 @@ AUTOSCALING_KEYS: dict[str, dict[str, str]] = {
         "targetConcurrentRequestsPerInstance": "concurrent_requests",
     },
     "azure": {},
-    "gcp": {"gkeTargetTokensPerSecondPerPod": "tokens_per_second"},
+    "gcp": {"gkeTargetTokensPerSecondPerPod": "tokens_per_second", "gkeTargetWaitingRequestsPerPod": "waiting_requests"},
 }
+# The server's own view of a level (bench.server_metrics scrapes vLLM's /metrics while it runs).
+WAITING_METRIC = "vllm:num_requests_waiting"
+GENERATION_METRIC = "vllm:generation_tokens_total"
 
 
 class RecommendError(ValueError):
@@ -77,6 +80,8 @@ class LevelVerdict:
     measured: dict[str, float | None]  # ttft/tpot/e2e at the percentile
     misses: list[str] = field(default_factory=list)
     predicted: planner.Estimate | None = None
+    waiting: float | None = None  # mean requests in the server's queue (its /metrics), None when not scraped
+    server_tokens_per_s: float | None = None  # the server's generation tokens/s (its /metrics)
 
     @property
     def met(self) -> bool:
@@ -97,6 +102,8 @@ class LevelVerdict:
             "measured_ms": self.measured,
             "met_slo": self.met,
             "misses": self.misses,
+            "server_waiting_requests_mean": self.waiting,
+            "server_generation_tokens_per_s": self.server_tokens_per_s,
         }
         if self.predicted is not None:
             p = self.predicted
@@ -122,6 +129,7 @@ class Recommendation:
     tokens_per_minute: int | None
     tokens_per_second: int | None
     concurrent_requests: int | None
+    waiting_requests: int | None
     notes: list[str]
     plan_note: str | None
 
@@ -132,10 +140,12 @@ class Recommendation:
             "tokens_per_minute": self.tokens_per_minute,
             "tokens_per_second": self.tokens_per_second,
             "concurrent_requests": self.concurrent_requests,
+            "waiting_requests": self.waiting_requests,
         }
         return [
             f"pulumi config set {PROJECT}:{key} {values[measure]} -s {self.stack}"
             for key, measure in AUTOSCALING_KEYS[self.cloud].items()
+            if values[measure] is not None  # not measured (no server metrics): the stack's value stays
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +163,9 @@ class Recommendation:
             "target_tokens_per_minute_per_instance": self.tokens_per_minute,
             "target_tokens_per_second_per_instance": self.tokens_per_second,
             "target_concurrent_requests_per_instance": self.concurrent_requests,
+            "target_waiting_requests_per_instance": self.waiting_requests,
             "formula": {
+                "target_waiting_requests_per_instance": "max(1, floor(server's mean waiting requests x (1 - headroom)))",
                 "target_tokens_per_minute_per_instance": "floor(output tok/s per instance x 60 x (1 - headroom))",
                 "target_tokens_per_second_per_instance": "floor(output tok/s per instance x (1 - headroom))",
                 "target_concurrent_requests_per_instance": "max(1, floor(concurrency per instance x (1 - headroom)))",
@@ -235,6 +247,9 @@ def judge_level(index: int, level: Mapping[str, Any], slo: SloTargets, instance_
     if not prompt and fixed_prompt:
         prompt = float(fixed_prompt)
     output = (level.get("output_tokens") or 0) / succeeded if succeeded else 0.0
+    server = level.get("server_metrics") if isinstance(level.get("server_metrics"), Mapping) else {}
+    waiting = (server.get(WAITING_METRIC) or {}).get("mean")
+    generation = (server.get(GENERATION_METRIC) or {}).get("rate_per_s")
     return LevelVerdict(
         index=index,
         label=label,
@@ -248,6 +263,8 @@ def judge_level(index: int, level: Mapping[str, Any], slo: SloTargets, instance_
         output_tokens=output,
         measured=measured,
         misses=misses,
+        waiting=float(waiting) if isinstance(waiting, int | float) else None,
+        server_tokens_per_s=float(generation) if isinstance(generation, int | float) else None,
     )
 
 
@@ -319,11 +336,19 @@ def recommend(
 
     passing = [lv for lv in levels if lv.met]
     chosen = max(passing, key=lambda lv: lv.tokens_per_s) if passing else None
-    tokens_per_minute = tokens_per_second = concurrent = None
+    tokens_per_minute = tokens_per_second = concurrent = waiting = None
     if chosen is not None:
         tokens_per_minute = int(chosen.tokens_per_s * 60 * (1 - headroom))
         tokens_per_second = int(chosen.tokens_per_s * (1 - headroom))
         concurrent = max(1, int(chosen.concurrency * (1 - headroom)))
+        if chosen.waiting is not None:
+            # One /metrics answer is one pod's queue: per pod as measured, whatever the instance count.
+            waiting = max(1, int(chosen.waiting * (1 - headroom)))
+        elif cloud == "gcp":
+            notes.append(
+                f"{chosen.label} has no server metrics (the run did not scrape vLLM's /metrics): "
+                "gkeTargetWaitingRequestsPerPod keeps the stack's value; rerun without --no-server-metrics"
+            )
         heavier = [lv for lv in levels if lv.tokens_per_s > chosen.tokens_per_s or lv.concurrency > chosen.concurrency]
         if not heavier:
             notes.append(
@@ -366,6 +391,7 @@ def recommend(
         tokens_per_minute=tokens_per_minute,
         tokens_per_second=tokens_per_second,
         concurrent_requests=concurrent,
+        waiting_requests=waiting,
         notes=notes,
         plan_note=plan_note,
     )
@@ -536,6 +562,11 @@ def render(rec: Recommendation, console: Any = None) -> None:
         f"({lv.tokens_per_s:,.1f} x 60 x {1 - rec.headroom:g}) = {rec.tokens_per_second:,} tokens/s, and "
         f"[bold]{rec.concurrent_requests}[/bold] concurrent requests, per instance"
     )
+    if rec.waiting_requests is not None:
+        console.print(
+            f"Queue target: [bold]{rec.waiting_requests}[/bold] waiting requests per pod (the server's mean queue "
+            f"{lv.waiting:.2f} at {lv.label} x {1 - rec.headroom:g}, at least 1)"
+        )
     p = lv.predicted
     if p is not None and p.problem is None and p.output_tokens_per_s > 0:
         ratio = lv.tokens_per_s / p.output_tokens_per_s

@@ -236,3 +236,53 @@ def test_malformed_level_is_named(tmp_path, capsys):
     write(tmp_path, [bad])
     assert recommend.main([str(tmp_path), "--slo-e2e-ms", "2000"]) == 2
     assert "level 0: 'output_throughput_tok_s' must be a number >= 0, got 'fast'" in capsys.readouterr().err
+
+
+def with_server(lv: dict, waiting_mean: float, generation_rate: float) -> dict:
+    """A level as the bench writes it when it scraped vLLM's /metrics (bench.server_metrics)."""
+    return {**lv, "server_metrics": {
+        "vllm:num_requests_running": {"mean": lv["concurrency"] - waiting_mean, "max": lv["concurrency"], "last": 1.0},
+        "vllm:num_requests_waiting": {"mean": waiting_mean, "max": waiting_mean * 2 + 1, "last": 0.0},
+        "vllm:generation_tokens_total": {"rate_per_s": generation_rate, "increase": generation_rate * 30},
+    }}
+
+
+SCRAPED = [with_server(SWEEP[0], 0.0, 430.0), with_server(SWEEP[1], 0.4, 712.0),
+           with_server(SWEEP[2], 6.3, 1030.0), with_server(SWEEP[3], 14.0, 1170.0)]
+
+
+def test_gke_queue_target_from_the_servers_waiting_requests_at_the_chosen_level(tmp_path):
+    results = write(tmp_path, levels=SCRAPED, stack="gcp", price_source="catalog g2-standard-8")
+    rec = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000))
+    assert rec.chosen.label == "c=24" and rec.chosen.waiting == 6.3
+    assert rec.waiting_requests == int(6.3 * 0.8) == 5  # the chosen level's mean queue, not the heaviest's
+    assert rec.config_lines() == [
+        "pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 808 -s gcp",
+        "pulumi config set llm-inference:gkeTargetWaitingRequestsPerPod 5 -s gcp",
+    ]
+    out = rec.to_dict()
+    assert out["target_waiting_requests_per_instance"] == 5
+    assert out["levels"][2]["server_waiting_requests_mean"] == 6.3
+    assert out["levels"][2]["server_generation_tokens_per_s"] == 1030.0
+
+
+def test_a_short_queue_still_gives_a_target_of_one(tmp_path):
+    # The HPA's 0 turns the metric off: a queue under one request at the operating point means "scale
+    # out once requests wait", so the target is at least 1.
+    results = write(tmp_path, levels=SCRAPED, stack="gcp", price_source="catalog g2-standard-8")
+    rec = recommend.recommend(results, recommend.SloTargets(ttft_ms=300))
+    assert rec.chosen.label == "c=12" and rec.waiting_requests == 1
+
+
+def test_aws_lines_unchanged_and_no_queue_line_without_server_metrics(tmp_path, capsys):
+    aws = recommend.recommend(write(tmp_path, levels=SCRAPED), recommend.SloTargets(e2e_ms=2000))
+    assert [line.split()[3].split(":")[1] for line in aws.config_lines()] == [
+        "targetTokensPerMinutePerInstance", "targetConcurrentRequestsPerInstance"]
+    gcp = recommend.recommend(write(tmp_path, stack="gcp"), recommend.SloTargets(e2e_ms=2000))
+    assert gcp.waiting_requests is None
+    assert gcp.config_lines() == ["pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 808 -s gcp"]
+    assert any("gkeTargetWaitingRequestsPerPod keeps the stack's value" in note for note in gcp.notes)
+    assert recommend.main([str(write(tmp_path, levels=SCRAPED, stack="gcp")), "--slo-e2e-ms", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "pulumi config set llm-inference:gkeTargetWaitingRequestsPerPod 5 -s gcp" in out
+    assert "Queue target: 5 waiting requests per pod" in out
