@@ -11,6 +11,7 @@ the socket. `--http2` uses httpx + h2, stamping as chunks are iterated (less exa
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from dataclasses import dataclass, field
 from time import perf_counter_ns
@@ -99,7 +100,35 @@ class _StampingProtocol(ResponseHandler):
             self.marks.append((t, payload.total_bytes))
 
 
-class StampingConnector(aiohttp.TCPConnector):
+# Per request (each send runs in a task of its own, with its own context): whether the connection the
+# last attempt got came out of the keep-alive pool, and whether the next one must be a new connection.
+_POOLED = contextvars.ContextVar("bench_pooled_connection", default=False)
+_FRESH_ONLY = contextvars.ContextVar("bench_fresh_connection_only", default=False)
+
+
+class PoolAwareConnector(aiohttp.TCPConnector):
+    """A TCPConnector that says whether a request got a kept-alive connection, and can skip the pool.
+
+    An HTTP/1.1 server may close an idle kept-alive connection at any moment (RFC 9112 section 9.3.1:
+    a client must be ready to retry); a request written just then fails before any reply. Only a
+    request on a reused connection can fail that way, and its retry must not take another pooled one:
+    at c=8 several can be dead at once (the first demo lost a request that way after one retry).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if not hasattr(aiohttp.TCPConnector, "_get"):  # pragma: no cover - guarded by a test on the pinned aiohttp
+            raise RuntimeError("aiohttp internals changed: BaseConnector._get is gone")
+
+    async def _get(self, key, traces):
+        if _FRESH_ONLY.get():
+            return None  # the connector then opens a new connection (and pools it afterwards)
+        conn = await super()._get(key, traces)
+        _POOLED.set(conn is not None)
+        return conn
+
+
+class StampingConnector(PoolAwareConnector):
     """A TCPConnector whose connections stamp reads (see module docstring)."""
 
     def __init__(self, **kwargs):
@@ -109,11 +138,15 @@ class StampingConnector(aiohttp.TCPConnector):
         self._factory = functools.partial(_StampingProtocol, loop=self._loop)
 
 
-def closed_under_us(exc: BaseException) -> bool:
-    """The connection failed before any reply in the way a reused keep-alive connection does when the
-    server closed it at that instant (not a refused connection): sending once more is safe."""
-    return isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
-        exc, aiohttp.ClientConnectorError
+def closed_under_us(exc: BaseException, pooled: bool = True) -> bool:
+    """The request failed before any reply on a connection taken from the keep-alive pool, the way one
+    does when the server closed that connection at that instant (cpp-httplib after its keep-alive max
+    count or idle timeout, uvicorn after 5 s idle): sending once more on a new connection is safe. The
+    same failure on a new connection is the server's, and is counted (`pooled` unknown: assumed)."""
+    return (
+        pooled
+        and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+        and not isinstance(exc, aiohttp.ClientConnectorError)
     )
 
 
@@ -189,7 +222,7 @@ class Backend:
                 http2=True, trust_env=False, timeout=None, limits=httpx.Limits(max_connections=None)
             )
             return
-        connector_cls = StampingConnector if self.stamping == "protocol" else aiohttp.TCPConnector
+        connector_cls = StampingConnector if self.stamping == "protocol" else PoolAwareConnector
         connector = connector_cls(
             limit=0, ttl_dns_cache=300, enable_cleanup_closed=False, keepalive_timeout=KEEPALIVE_S
         )
@@ -221,17 +254,20 @@ class Backend:
                 if self._httpx is not None:
                     await self._send_httpx(body, headers, reply)
                 else:
+                    _POOLED.set(False)
+                    _FRESH_ONLY.set(False)
                     try:
                         await self._send_aiohttp(body, headers, reply)
                     except aiohttp.ClientError as exc:
-                        # Closed before any reply (or before the body could be written): the race of
-                        # reusing a keep-alive connection the server was closing. Like urllib3, send
-                        # once more on a new connection; the clock keeps running from the first try.
-                        # A server that really drops requests fails the second try too, and that is
-                        # counted.
-                        if not closed_under_us(exc) or reply.status or reply.retried:
+                        # Closed before any reply on a kept-alive connection (or before the body could be
+                        # written): the race of reusing a connection the server was closing. Like urllib3,
+                        # send once more, on a new connection; the clock keeps running from the first
+                        # try. A server that really drops requests fails the new connection too, and that
+                        # is counted.
+                        if not closed_under_us(exc, _POOLED.get()) or reply.status or reply.retried:
                             raise
                         reply.retried = True
+                        _FRESH_ONLY.set(True)
                         await self._send_aiohttp(body, headers, reply)
         except TimeoutError:
             reply.error_kind = "timeout"

@@ -1,0 +1,192 @@
+"""Keep-alive reuse against a real server that closes its connections after every N requests.
+
+llama.cpp's llama-server (cpp-httplib 0.58, vendored in llama-cpp-python 0.3.36) serves at most
+CPPHTTPLIB_KEEPALIVE_MAX_COUNT (100) requests per connection and, on the last one, answers with
+`Connection: close` (httplib.cpp, Server::process_request: `close_connection = count == 1`); older
+cpp-httplib (<= 0.12) allowed 5, and any HTTP/1.1 server may close an idle connection at the instant a
+request is written on it (its keep-alive timeout, RFC 9112 section 9.3.1). The server here does both, so
+each case is exact: `announce` answers the Nth request with `Connection: close` and closes; `silent`
+answers N requests as if it would keep the connection, then reads request N+1 and closes without a byte
+of reply (the race the first `make demo` lost a request to); `midstream` cuts a reply after its headers;
+`drop_all` closes every request, on new connections too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import orjson
+import pytest
+
+from bench.backend import Backend
+from bench.measure import measure
+
+BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "stream": True})
+CHUNK = b'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n'
+REPLY = CHUNK * 2 + b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\ndata: [DONE]\n\n'
+
+
+class ClosingServer:
+    """A raw asyncio HTTP/1.1 server on its own thread; counts connections, replies and dropped requests."""
+
+    def __init__(self, mode: str, every: int):
+        self.mode, self.every = mode, every
+        self.connections = 0
+        self.answered = 0
+        self.dropped = 0
+        self.served_per_connection: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(5)
+        self.url = f"http://127.0.0.1:{self.port}/v1/chat/completions"
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        ready.set()
+        self._loop.run_forever()
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> bool:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return False
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        await reader.readexactly(length)
+        return True
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        served = 0
+        try:
+            while await self._read_request(reader):
+                last = served + 1 == self.every
+                if self.mode == "drop_all" or (self.mode == "silent" and served == self.every):
+                    self.dropped += 1
+                    return  # closed with the request read and not a byte of reply
+                if self.mode == "midstream" and last:
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(REPLY) + CHUNK)
+                    await writer.drain()
+                    self.dropped += 1
+                    return  # the reply began: a real failure, not a reuse race
+                close = self.mode in ("announce", "midstream") and last
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                             + (b"Connection: close\r\n" if close else b"")
+                             + b"Content-Length: %d\r\n\r\n" % len(REPLY) + REPLY)
+                await writer.drain()
+                self.answered += 1
+                served += 1
+                if close:
+                    return
+        finally:
+            self.served_per_connection.append(served)
+            writer.close()
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+
+
+@pytest.fixture
+def closing_server():
+    servers = []
+
+    def make(mode: str, every: int) -> ClosingServer:
+        servers.append(ClosingServer(mode, every))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def run_load(url: str, requests: int, concurrency: int, stamping: str = "protocol") -> list[dict]:
+    """`requests` sends over one Backend, at most `concurrency` at a time, each in a task (as the scheduler)."""
+
+    async def go():
+        backend = Backend(url, {"Content-Type": "application/json"}, 5.0, stamping=stamping)
+        await backend.start()
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one():
+            async with slots:
+                return await backend.send(BODY)
+
+        try:
+            replies = await asyncio.gather(*(asyncio.ensure_future(one()) for _ in range(requests)))
+        finally:
+            await backend.close()
+        return [measure(r) for r in replies]
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("stamping", ["protocol", "task"])
+def test_a_server_announcing_its_close_costs_no_error_and_no_retry(closing_server, stamping):
+    server = closing_server("announce", every=2)
+    records = run_load(server.url, requests=48, concurrency=8, stamping=stamping)
+    assert [r["error"] for r in records if not r["ok"]] == []
+    assert sum(1 for r in records if r.get("retried")) == 0
+    # No connection was asked for a third request: aiohttp honoured `Connection: close`. (How many
+    # connections there were depends on timing: a send may open one while another is being released.)
+    assert (server.answered, server.dropped, max(server.served_per_connection)) == (48, 0, 2)
+
+
+@pytest.mark.parametrize("stamping", ["protocol", "task"])
+@pytest.mark.parametrize("every", [1, 3])
+def test_a_request_on_a_connection_closed_under_it_is_sent_again_on_a_new_one(closing_server, stamping, every):
+    server = closing_server("silent", every=every)
+    records = run_load(server.url, requests=48, concurrency=8, stamping=stamping)
+    assert [r["error_detail"] for r in records if not r["ok"]] == []
+    assert all(r["output_tokens"] == 2 for r in records)
+    retried = sum(1 for r in records if r.get("retried"))
+    # Each dropped request was on a reused connection and was retried once, on a new connection.
+    assert retried == server.dropped > 0
+    assert server.answered == 48
+
+
+def test_a_reply_cut_after_its_headers_counts_and_is_not_retried(closing_server):
+    server = closing_server("midstream", every=2)
+    records = run_load(server.url, requests=16, concurrency=4)
+    errors = sorted(r["error"] for r in records if not r["ok"])
+    assert errors == ["stream_cut"] * server.dropped and server.dropped >= 4
+    assert not any(r.get("retried") for r in records)
+    assert sum(r["ok"] for r in records) == server.answered
+
+
+def test_a_server_dropping_requests_on_new_connections_is_counted_without_a_retry(closing_server):
+    server = closing_server("drop_all", every=1)
+    records = run_load(server.url, requests=6, concurrency=3)
+    assert [r["error"] for r in records] == ["disconnected"] * 6
+    assert not any(r.get("retried") for r in records)
+    assert (server.dropped, server.connections) == (6, 6)
+
+
+def test_the_bench_reports_no_error_against_a_server_closing_every_request(closing_server, tmp_path):
+    """The whole CLI at c=8 (in-process load): the level's errors are empty and the retries are counted."""
+    from bench.cli import main
+
+    server = closing_server("silent", every=1)
+    out = tmp_path / "run"
+    code = main([server.url, "--model", "m", "--concurrency", "8", "--requests", "40", "--warmup", "0",
+                 "--workers", "0", "--no-progress", "--no-charts", "--no-server-metrics", "--out", str(out)])
+    summary = orjson.loads((out / "summary.json").read_bytes())
+    level = summary["levels"][0]
+    assert code == 0, summary
+    assert (level["requests"], level["succeeded"], level["errors"]) == (40, 40, {})
+    assert level["retried"] == server.dropped == 32  # all but the first 8 sends got a reused connection
