@@ -15,6 +15,9 @@ What the front does, and nothing else:
   sees the engine's health (a 502 while vLLM is down).
 - with `metrics_listen`, a second listener that serves only `GET /metrics` (`METRICS_PATH`) from vLLM,
   for a scraper the caller admits to that port alone (GKE: the Managed Prometheus collectors).
+- with `page_dir` (demoUi), the chat playground on the same origin: `GET|HEAD /`, `/index.html`,
+  `/playground.js`, `/playground.css` from that folder (nothing else in it), and `/config.json` naming
+  `/v1` as the base URL. Same origin, so no CORS; its CSP lets the page fetch only this origin.
 - everything else: `404 {"error": "not found"}`, never reaching vLLM.
 
 The `/v1/` test is case-sensitive (`path_regexp`; Caddy's `path` matcher ignores case) and Caddy matches on
@@ -45,6 +48,13 @@ _LISTEN = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[0-9A-Za-z.-]*):(?P<port>[0-
 _UPSTREAM = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[0-9A-Za-z.-]+):[0-9]{1,5}$")
 _DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _EMAIL = re.compile(r"^[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+$")
+_PAGE_DIR = re.compile(r"^/[A-Za-z0-9_./-]*$")
+# The playground's files (playground/), the only ones served from page_dir, and what the page is told.
+PAGE_FILES = ("index.html", "playground.js", "playground.css")
+PAGE_CONFIG_PATH = "/config.json"
+PAGE_CONFIG_BODY = '{"baseUrl": "/v1"}'
+PAGE_CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                                "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def caddyfile(
@@ -54,6 +64,7 @@ def caddyfile(
     tls_domain: str = "",
     tls_email: str = "",
     metrics_listen: str = "",
+    page_dir: str = "",
 ) -> str:
     """The Caddyfile of the front.
 
@@ -61,7 +72,8 @@ def caddyfile(
     `tls_domain` HTTPS for that domain on that port (use `":443"`; Caddy then also takes port 80 for the
     ACME HTTP-01 challenge and the redirect to HTTPS). upstream: vLLM's `"HOST:PORT"`, e.g.
     `"127.0.0.1:8000"`. tls_email: the ACME account email (optional). metrics_listen: `":PORT"` of a
-    second plain-HTTP listener that serves only `GET /metrics`; `""` serves no metrics.
+    second plain-HTTP listener that serves only `GET /metrics`; `""` serves no metrics. page_dir: the
+    absolute folder holding the playground's files (demoUi), served on the API's origin; `""` serves none.
     """
     bind, port = _split_listen("listen", listen)
     if not _UPSTREAM.fullmatch(upstream or ""):
@@ -72,6 +84,9 @@ def caddyfile(
         raise ValueError("tls_email needs tls_domain")
     if tls_email and not _EMAIL.fullmatch(tls_email):
         raise ValueError(f"tls_email {tls_email!r} is not an email address")
+    if page_dir and not _PAGE_DIR.fullmatch(page_dir):
+        raise ValueError(f"page_dir {page_dir!r} is not an absolute path of letters, digits, _ . / -, "
+                         "e.g. /srv/playground")
     metrics = _split_listen("metrics_listen", metrics_listen) if metrics_listen else None
     if metrics is not None and metrics[1] == port:
         raise ValueError(f"metrics_listen {metrics_listen!r} must differ from listen {listen!r}")
@@ -86,7 +101,7 @@ def caddyfile(
         options.append("\tauto_https off")
     # A bare domain on 443 is Caddy's automatic HTTPS site (ACME HTTP-01 and the redirect on :80).
     site = (tls_domain if port == 443 else f"{tls_domain}:{port}") if tls_domain else f"http://:{port}"
-    blocks = ["{\n" + "\n".join(options) + "\n}", _api_site(site, bind, upstream)]
+    blocks = ["{\n" + "\n".join(options) + "\n}", _api_site(site, bind, upstream, page_dir)]
     if metrics is not None:
         blocks.append(_metrics_site(f"http://:{metrics[1]}", metrics[0], upstream))
     return "\n\n".join(blocks) + "\n"
@@ -112,7 +127,35 @@ def _refuse() -> str:
 """
 
 
-def _api_site(site: str, bind: str, upstream: str) -> str:
+def _page(page_dir: str) -> str:
+    """The playground's files and config.json (demoUi), each with the page's security headers."""
+    if not page_dir:
+        return ""
+    files = "|".join(re.escape(name) for name in PAGE_FILES)
+    headers = (f'\t\theader {{\n\t\t\tContent-Security-Policy "{PAGE_CONTENT_SECURITY_POLICY}"\n'
+               "\t\t\tX-Content-Type-Options nosniff\n\t\t\tX-Frame-Options DENY\n\t\t\tReferrer-Policy no-referrer\n"
+               "\t\t\tCache-Control no-cache\n\t\t}\n")
+    return f"""\t@page {{
+\t\tmethod GET HEAD
+\t\tpath_regexp ^/({files})?$
+\t\tnot vars_regexp {{http.request.uri}} {_RAW_PATH_TRICKS}
+\t}}
+\thandle @page {{
+{headers}\t\troot * {page_dir}
+\t\tfile_server
+\t}}
+\t@page_config {{
+\t\tmethod GET HEAD
+\t\tpath_regexp ^{re.escape(PAGE_CONFIG_PATH)}$
+\t}}
+\thandle @page_config {{
+{headers}\t\theader Content-Type application/json
+\t\trespond `{PAGE_CONFIG_BODY}` 200
+\t}}
+"""
+
+
+def _api_site(site: str, bind: str, upstream: str, page_dir: str = "") -> str:
     return f"""{site} {{
 {_bind(bind)}\t@health {{
 \t\tmethod GET HEAD
@@ -135,7 +178,7 @@ def _api_site(site: str, bind: str, upstream: str) -> str:
 \t\t\tflush_interval -1
 \t\t}}
 \t}}
-{_refuse()}}}"""
+{_page(page_dir)}{_refuse()}}}"""
 
 
 def _metrics_site(site: str, bind: str, upstream: str) -> str:

@@ -62,6 +62,10 @@ async function loadConfig() {
   } catch {
     config = {}; // no config: the user enters everything
   }
+  // A relative base URL ("/v1", from a front that serves the page beside the API) is this origin's.
+  if (typeof config.baseUrl === "string" && config.baseUrl.startsWith("/")) {
+    config.baseUrl = new URL(config.baseUrl, location.href).href;
+  }
   const pick = (name, stored) => (typeof config[name] === "string" && config[name]) || stored || "";
   $("base-url").value = pick("baseUrl", localStorage.getItem(STORE.baseUrl));
   $("api-key").value = pick("apiKey", sessionStorage.getItem(KEY_STORE));
