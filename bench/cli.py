@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.cli_base import USAGE_EXIT, ArgParser, interruptible
 from bench.config import DEFAULT_RATE_CAP, BenchConfig, UsageError
 
-SUBCOMMANDS = ("compare", "mock-server", "plan", "recommend", "merge", "k8s-job")
+SUBCOMMANDS = ("compare", "mock-server", "plan", "recommend", "merge", "k8s-job", "wait")
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -69,7 +69,7 @@ def build_parser() -> ArgParser:
         prog="python -m bench",
         description="Benchmark an OpenAI-compatible streaming endpoint: TTFT, ITL, TPOT, E2E, throughput, "
         "goodput and cost per 1k tokens, per load level. Subcommands: compare DIR..., mock-server, plan, "
-        "recommend (run `python -m bench SUBCOMMAND --help`).",
+        "recommend, wait (run `python -m bench SUBCOMMAND --help`).",
     )
     p.add_argument("url", nargs="?", help="OpenAI base URL (https://host/v1) or a full .../chat/completions URL")
     t = p.add_argument_group("target")
@@ -346,6 +346,10 @@ def _dispatch(argv: list[str]) -> int:
             from bench.k8s_job import main as k8s_job_main
 
             return k8s_job_main(rest)
+        if command == "wait":
+            from bench.wait import main as wait_main
+
+            return wait_main(rest)
         if command == "mock-server":
             from bench.mock_server import main as mock_main
 

@@ -90,12 +90,15 @@ def discover_model(base_url: str, headers: dict, timeout_s: float = 15.0) -> str
 
     url = base_url + "/models"
     hint = "; pass --model"
+    # No answer or a 5xx: the endpoint is not serving yet (Azure's `pulumi up` returns before vLLM does).
+    not_yet = f"; the endpoint may not be serving yet: `python -m bench wait {base_url}` waits until it does"
     try:
         resp = httpx.get(url, headers=headers, timeout=timeout_s, trust_env=False)
     except httpx.HTTPError as exc:
-        raise UsageError(f"could not list models at {url} ({type(exc).__name__}: {exc}){hint}") from None
+        raise UsageError(f"could not list models at {url} ({type(exc).__name__}: {exc}){not_yet}") from None
     if resp.status_code != 200:
-        raise UsageError(f"could not list models at {url} (HTTP {resp.status_code}){hint}")
+        why = not_yet if resp.status_code >= 500 else hint
+        raise UsageError(f"could not list models at {url} (HTTP {resp.status_code}){why}")
     try:
         data = resp.json()["data"]
         return str(data[0]["id"])
