@@ -1,0 +1,255 @@
+"""bench.search: the decision logic on literal probe sequences, judging a level, and the whole search
+against the mock server with a known capacity (N slots, fixed service time, the rest queue)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import bench
+from bench.config import BenchConfig
+from bench.search import Search, SearchPlan, SearchSlo, SearchSpec, judge, report_lines
+
+
+def drive(search: Search, met) -> list:
+    """Run a search against a pure function load -> met; the loads probed, in order."""
+    loads = []
+    while (load := search.next()) is not None:
+        loads.append(load)
+        search.record(load, met(load))
+    return loads
+
+
+# ------------------------------------------------------------------------------------- the decision
+
+
+def test_rate_grows_by_two_then_bisects_to_the_precision():
+    s = Search("max_rate", start=1, precision=0.05)
+    assert drive(s, lambda r: r <= 37) == [1, 2, 4, 8, 16, 32, 64, 48, 40, 36, 38, 37]
+    assert (s.answer, s.missed_at, s.stop_reason) == (37, 38, "precision reached")
+    assert s.missed_at - s.answer <= 0.05 * s.answer
+
+
+@pytest.mark.parametrize("truth", [0.3, 1.0, 2.7, 13.0, 99.0, 640.0])
+@pytest.mark.parametrize("precision", [0.02, 0.1])
+def test_rate_answer_is_within_the_precision_below_the_truth(truth, precision):
+    s = Search("max_rate", start=1, precision=precision, max_probes=30)
+    drive(s, lambda r: r <= truth)
+    assert s.stop_reason == "precision reached"
+    assert s.answer <= truth < s.missed_at
+    assert s.missed_at - s.answer <= precision * s.answer + 0.001 * s.answer  # 4 significant digits
+
+
+def test_concurrency_is_an_integer_and_ends_one_apart():
+    s = Search("max_concurrency", start=1, precision=0.05)
+    assert drive(s, lambda c: c <= 5) == [1, 2, 4, 8, 6, 5]
+    assert (s.answer, s.missed_at) == (5, 6) and all(isinstance(c, int) for c, _ in s.probes)
+    big = Search("max_concurrency", start=1, precision=0.05)
+    drive(big, lambda c: c <= 300)
+    assert big.answer <= 300 < big.missed_at and big.missed_at - big.answer <= 0.05 * big.answer
+
+
+def test_a_first_probe_that_misses_shrinks_the_load():
+    s = Search("max_rate", start=8, precision=0.05)
+    assert drive(s, lambda r: r <= 1.5) == [8, 4, 2, 1, 1.5, 1.75, 1.625, 1.562]
+    assert s.answer == 1.5 and s.missed_at == 1.562 and s.stop_reason == "precision reached"
+
+
+def test_bounds_and_max_probes_always_end_the_search():
+    low = Search("max_rate", start=1, lower=0.25)
+    assert drive(low, lambda r: False) == [1, 0.5, 0.25]
+    assert low.answer is None and low.stop_reason == "even the lower bound 0.25 missed the SLO"
+    high = Search("max_concurrency", start=4, upper=20)
+    assert drive(high, lambda c: True) == [4, 8, 16, 20]
+    assert high.answer == 20 and "upper bound 20 met the SLO" in high.stop_reason
+    short = Search("max_rate", start=1, max_probes=5)
+    assert len(drive(short, lambda r: r <= 1000)) == 5
+    assert short.answer == 16 and short.stop_reason.startswith("max probes (5)")
+
+
+def test_a_noisy_probe_never_puts_the_answer_above_a_miss():
+    s = Search("max_rate", start=10)
+    s.record(10, True)
+    s.record(20, False)
+    s.record(25, True)  # met above a miss: not believed
+    assert (s.answer, s.missed_at) == (10, 20)
+    s.record(8, False)  # a miss below the answer: the answer falls below it
+    assert (s.answer, s.missed_at) == (None, 8)
+    s.record(5, True)
+    assert s.answer == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"kind": "max_rps", "start": 1}, "search kind"),
+        ({"kind": "max_rate", "start": 1, "precision": 0}, "--search-precision"),
+        ({"kind": "max_rate", "start": 1, "precision": 1}, "--search-precision"),
+        ({"kind": "max_rate", "start": 5, "lower": 6}, "lower <= start <= upper"),
+        ({"kind": "max_rate", "start": 5, "upper": 4}, "lower <= start <= upper"),
+        ({"kind": "max_concurrency", "start": 1.5}, "whole number"),
+        ({"kind": "max_rate", "start": 1, "max_probes": 0}, "--search-max-probes"),
+    ],
+)
+def test_bad_search_settings_are_named(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        Search(**kwargs)
+
+
+def test_an_slo_is_required_and_checked():
+    with pytest.raises(ValueError, match="needs an SLO"):
+        SearchSlo()
+    with pytest.raises(ValueError, match="percentile"):
+        SearchSlo(ttft_ms=100, percentile="p97")
+    with pytest.raises(ValueError, match="--slo-e2e-ms"):
+        SearchSlo(e2e_ms=-1)
+
+
+# ------------------------------------------------------------------------------------------ judging
+
+
+def level(ttft95=100.0, tpot95=20.0, e2e95=1500.0, requests=100, failed=0, **extra):
+    def stats(p95):
+        return None if p95 is None else {"p50": p95 / 2, "p90": p95 * 0.9, "p95": p95, "p99": p95 * 3}
+
+    return {"requests": requests, "failed": failed, "ttft_ms": stats(ttft95), "tpot_ms": stats(tpot95),
+            "e2e_ms": stats(e2e95), "stopped_early": None, **extra}
+
+
+def test_judge_every_limit_at_the_percentile_and_the_error_rate():
+    slo = SearchSlo(ttft_ms=200, tpot_ms=25, e2e_ms=2000, max_error_rate=0.02)
+    ok = judge(level(), slo)
+    assert ok.met and ok.why == "met"
+    assert ok.figures == {"ttft_ms_p95": 100.0, "tpot_ms_p95": 20.0, "e2e_ms_p95": 1500.0, "error_rate": 0.0}
+    assert judge(level(ttft95=200.0), slo).met  # at the limit still meets it
+    assert judge(level(ttft95=201.0), slo).why == "TTFT p95 201.0 > 200 ms"
+    assert judge(level(tpot95=26.0, e2e95=2100.0), slo).why == "TPOT p95 26.0 > 25 ms; E2E p95 2,100.0 > 2000 ms"
+    assert judge(level(failed=2), slo).met
+    assert judge(level(failed=3), slo).why == "errors 3.0% > 2.0%"
+    assert judge(level(failed=100), slo).why == "every request failed"
+    assert judge(level(requests=0), slo).why == "no request measured"
+    assert judge(level(tpot95=None), slo).why == "no TPOT measured"
+    assert judge(level(stopped_early="interrupted (Ctrl-C)"), slo).why == "stopped early: interrupted (Ctrl-C)"
+
+
+def test_judge_reads_the_percentile_it_is_given():
+    # p99 is 3x p95 in these levels: p95 meets 250 ms, p99 does not.
+    assert judge(level(ttft95=100.0), SearchSlo(ttft_ms=250)).met
+    p99 = judge(level(ttft95=100.0), SearchSlo(ttft_ms=250, percentile="p99"))
+    assert not p99.met and p99.figures["ttft_ms_p99"] == 300.0
+
+
+def test_plan_makes_levels_records_probes_and_reports_the_operating_point(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", concurrency=(64,),
+                      warmup=None, out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_rate", SearchSlo(ttft_ms=200), precision=0.2, start=2))
+    runs = {2.0: 80.0, 4.0: 120.0, 8.0: 900.0, 6.0: 150.0, 7.0: 400.0}  # rate -> TTFT p95
+    made = []
+    for lv in plan.levels():
+        made.append((lv.index, lv.concurrency, lv.rate, lv.warmup))
+        plan.record({**level(ttft95=runs[lv.rate]), "rate": lv.rate, "concurrency": lv.concurrency,
+                     "goodput_rps": lv.rate * 0.9, "output_throughput_tok_s": lv.rate * 64,
+                     "cost_per_1k_tokens_usd": 1 / lv.rate, "cost_per_1m_tokens_usd": 1000 / lv.rate})
+    assert made == [(0, 64, 2.0, 2), (1, 64, 4.0, 4), (2, 64, 8.0, 8), (3, 64, 6.0, 6), (4, 64, 7.0, 7)]
+    result = plan.result()
+    assert result["kind"] == "max_rate" and result["max_rate_rps"] == 6.0 and result["first_miss"] == 7.0
+    assert result["level"] == 3 and result["goodput_rps"] == 6.0 * 0.9
+    assert result["cost_per_1k_tokens_usd"] == 1 / 6.0 and result["output_throughput_tok_s"] == 6.0 * 64
+    assert result["slo"] == {"ttft_ms": 200, "tpot_ms": None, "e2e_ms": None, "percentile": "p95",
+                             "max_error_rate": 0.01}
+    assert result["stopped"] == "precision reached" and result["precision"] == 0.2
+    assert [p["rate"] for p in result["probes"]] == [2.0, 4.0, 8.0, 6.0, 7.0]
+    assert [p["met"] for p in result["probes"]] == [True, True, False, True, False]
+    assert result["probes"][2]["why"] == "TTFT p95 900.0 > 200 ms" and result["probes"][2]["ttft_ms_p95"] == 900.0
+    text = "\n".join(report_lines({"search": result}))
+    assert "## Operating point" in text and "6 req/s; 7 missed" in text and "$0.16667 per 1k tokens" in text
+    assert "| 8 | no | 900.0 |" in text
+
+
+# --------------------------------------------------------------------------------------- the flags
+
+URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--find-max-rate", "--find-max-concurrency", "--slo-ttft-ms", "1"], "not both"),
+        (["--find-max-rate", "--requests", "9"], "needs an SLO"),
+        (["--find-max-rate", "--slo-ttft-ms", "100"], "each probe's length"),
+        (["--find-max-rate", "--rate", "1,2", "--slo-ttft-ms", "1", "--requests", "9"], "drop --rate"),
+        (["--find-max-concurrency", "--concurrency", "4", "--slo-ttft-ms", "1", "--requests", "9"],
+         "drop --concurrency"),
+        (["--find-max-rate", "--concurrency", "4,8", "--slo-ttft-ms", "1", "--requests", "9"], "in-flight cap"),
+        (["--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--search-precision", "0"],
+         "--search-precision"),
+        (["--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--search-start", "50", "--search-max", "10"],
+         "lower <= start <= upper"),
+        (["--find-max-concurrency", "--slo-ttft-ms", "1", "--requests", "9", "--search-start", "2.5"], "whole number"),
+        (["--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--slo-percentile", "p97"], "--slo-percentile"),
+        (["--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--shard", "0/2"], "--shard"),
+        (["--metrics-interval", "0"], "--metrics-interval"),
+    ],
+)
+def test_bad_search_flags_exit_2_with_one_line(capsys, argv, needle):
+    assert bench.run([URL, "--model", "m", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert needle in err
+
+
+# ----------------------------------------------------------------- against a server of known capacity
+
+# The mock serves SLOTS requests at once and queues the rest; each takes TTFT + (TOKENS - 1) x ITL.
+SLOTS, TTFT_MS, ITL_MS, TOKENS = 3, 20, 5, 16
+SERVICE_S = (TTFT_MS + (TOKENS - 1) * ITL_MS) / 1000  # 0.095 s
+SLO_TTFT_MS = 60  # a request that waits for a slot waits a good part of SERVICE_S: it misses
+
+
+def search_run(server, out, *args):
+    code = bench.run([server.url, "--workers", "0", "--max-tokens", str(TOKENS), "--out", str(out),
+                      "--no-progress", "--no-charts", "--slo-ttft-ms", str(SLO_TTFT_MS), "--metrics-interval", "200ms",
+                      *args])
+    return code, json.loads((out / "summary.json").read_text())
+
+
+def test_max_concurrency_is_the_servers_slots(tmp_path, mock_server):
+    # Closed loop: up to SLOTS clients never wait (TTFT ~ 20 ms); one more and every cycle one request
+    # waits a whole service time (~95 ms) for a slot: 1 in SLOTS+1 requests, over the 5% of p95.
+    server = mock_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_concurrent=SLOTS)
+    code, summary = search_run(server, tmp_path / "run", "--find-max-concurrency", "--requests", "40")
+    assert code == 0 and summary["status"] == "complete"
+    search = summary["search"]
+    assert search["kind"] == "max_concurrency" and search["stopped"] == "precision reached"
+    assert (search["max_concurrency"], search["first_miss"]) == (SLOTS, SLOTS + 1)
+    probes = {p["concurrency"]: p for p in search["probes"]}
+    assert [p["concurrency"] for p in search["probes"]] == [1, 2, 4, 3]
+    assert all(p["met"] == (c <= SLOTS) for c, p in probes.items())
+    assert probes[4]["why"].startswith("TTFT p95 ")
+    assert search["level"] == 3 and search["goodput_rps"] == summary["levels"][3]["goodput_rps"] > 0
+    # The server's own view agrees: a queue only where the probe missed.
+    waiting = {lv["concurrency"]: lv["server_metrics"]["vllm:num_requests_waiting"]["max"] for lv in summary["levels"]}
+    assert waiting[1] == waiting[2] == waiting[3] == 0 and waiting[4] >= 1
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Operating point" in report and "Highest concurrency meeting TTFT p95 <= 60 ms" in report
+
+
+def test_max_rate_lands_within_the_precision_of_the_capacity(tmp_path, mock_server):
+    # Constant arrivals: below SLOTS / SERVICE_S (42.1 req/s) no request waits; above it the queue grows
+    # by (1 - capacity/rate) of a service time per request, so over 60 requests p95 TTFT passes the SLO
+    # within about 3% above the capacity. The answer must be within --search-precision below that.
+    slots = 4
+    capacity = slots / SERVICE_S
+    server = mock_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_concurrent=slots)
+    code, summary = search_run(server, tmp_path / "run", "--find-max-rate", "--arrival", "constant",
+                               "--requests", "60", "--search-start", "20", "--search-precision", "10%",
+                               "--price-per-hour", "3.6")
+    search = summary["search"]
+    assert code == 0 and search["stopped"] == "precision reached"
+    answer, miss = search["max_rate_rps"], search["first_miss"]
+    assert miss - answer <= 0.1 * answer
+    assert capacity / 1.1 * 0.97 <= answer <= capacity * 1.03 < miss * 1.03
+    point = summary["levels"][search["level"]]
+    assert point["rate"] == answer and search["cost_per_1k_tokens_usd"] == point["cost_per_1k_tokens_usd"] > 0
+    assert all(p["met"] == (p["rate"] <= answer) for p in search["probes"])
