@@ -120,7 +120,7 @@ def analyse(timeline: Timeline, rows: list[dict], profile: Profile, target: floa
         "slo_target": target,
         "capacity_source": capacity_source,
         "capacity_note": capacity_note,
-        "capacity_samples": len(samples),
+        "capacity_samples": [list(sample) for sample in samples],  # (t_s, current, desired)
         "scale_events": events,
         "scale_out": scale_out_lags(rows, profile, samples, target, duration),
         "slo_violation_s": round(sum(r["window_s"] for r in rows if _violated(r, target)), 3),
@@ -182,3 +182,61 @@ class ProfileWatch:
         (out_dir / "timeline.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
         summary["timeline"] = rows
         summary["autoscaler"] = result
+
+
+def report_lines(summary: dict) -> list[str]:
+    """report.md's section for a --profile run: what the autoscaler did, and the time line."""
+    auto, rows = summary.get("autoscaler"), summary.get("timeline")
+    if not auto or rows is None:
+        return []
+
+    def f(value, spec=".1f"):
+        return "-" if value is None else format(value, spec)
+
+    price = summary["config"].get("price_per_hour_usd")
+    lines = [
+        "## The autoscaler",
+        "",
+        f"Profile `{auto['profile']}`, windows of {auto['window_s']:g} s; a window is in SLO violation when fewer "
+        f"than {auto['slo_target']:.0%} of the requests sent in it met the SLO. Capacity: "
+        f"{auto['capacity_source'] or 'not read'}" + (f" ({auto['capacity_note']})" if auto.get("capacity_note") else "")
+        + ".",
+        "",
+        f"- Seconds in SLO violation: **{f(auto['slo_violation_s'])} s** ({auto['windows_in_violation']} windows)",
+        f"- Failed requests: {auto['failed_requests']}, of them {auto['failed_near_scale_events']} within one window "
+        "of a scale event",
+        f"- Instance-hours: {auto['instance_hours']:.4f} ({auto['instance_hours_source']})"
+        + (f"; cost ${f(auto['cost_usd'], '.4f')} at ${price:g}/h per instance, "
+           f"${f(auto['cost_per_1k_tokens_usd'], '.5f')} per 1k output tokens over the profile" if price else
+           "; no price given (no cost figures)"),
+        "",
+        "| load rise at | from | to | capacity asked for after | capacity ready after | SLO back after |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lag in auto["scale_out"]:
+        back = "still violated" if lag["slo_back_s"] is None else f"{lag['slo_back_s']:g} s"
+        lines.append(f"| {lag['t_s']:g} s | {lag['load_from']:g} | {lag['load_to']:g} | "
+                     f"{f(lag['capacity_desired_s'])} s | {f(lag['capacity_ready_s'])} s | {back} |")
+    lines.append("")
+    if auto["scale_events"]:
+        lines += ["| scale event at | kind | from | to | failed near |", "|---|---|---|---|---|"]
+        lines += [f"| {e['t_s']:g} s | {e['kind']} | {e['from']} | {e['to']} | {e['failed_near']} |"
+                  for e in auto["scale_events"]]
+        lines.append("")
+    else:
+        lines += ["No scale event was seen.", ""]
+    lines += [
+        "Time line (timeline.jsonl; requests by the window they were sent in, tokens by the one they finished in):",
+        "",
+        "| t (s) | req/s | output tok/s | TTFT p50 | TTFT p95 | E2E p95 | errors | SLO | capacity |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cap = r["capacity"]
+        cap_text = "-" if not cap else f"{cap['current']} (desired {cap['desired']})"
+        slo = r["slo_attainment"]
+        lines.append(f"| {r['t_s']:g} | {r['rps']:.2f} | {r['output_tok_s']:.1f} | {f(r['ttft_ms']['p50'])} | "
+                     f"{f(r['ttft_ms']['p95'])} | {f(r['e2e_ms']['p95'], '.0f')} | {r['errors']} | "
+                     f"{'-' if slo is None else format(slo, '.0%')} | {cap_text} |")
+    lines.append("")
+    return lines

@@ -152,3 +152,67 @@ def compare_charts(runs: list[tuple[str, dict]], out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def timeline_chart(summary: dict, path: Path) -> Path | None:
+    """A --profile run against time: load asked for and sent, latency with the SLO, capacity."""
+    rows, auto = summary.get("timeline"), summary.get("autoscaler")
+    if not rows or not auto:
+        return None
+    from bench.profiles import from_public
+
+    plt = _pyplot()
+    profile = from_public(summary["config"]["profile"])
+    fig, (ax_load, ax_lat, ax_cap) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+    mids = [r["t_s"] + r["window_s"] / 2 for r in rows]
+    # Load: what the profile asks for, and what was sent / produced per window.
+    xs = sorted({0.0, profile.duration_s, *[s.start_s for s in profile.segments],
+                 *[s.end_s - 1e-6 for s in profile.segments]})
+    asked = "concurrency" if profile.closed_loop else "req/s"
+    ax_load.plot(xs, [profile.load_at(x) for x in xs], color="black", lw=1.2, label=f"profile ({asked})")
+    if not profile.closed_loop:
+        ax_load.plot(mids, [r["rps"] for r in rows], marker=".", label="req/s sent")
+    ax_load.set_ylabel(asked)
+    tok = ax_load.twinx()
+    tok.plot(mids, [r["output_tok_s"] for r in rows], color="tab:green", marker=".", label="output tok/s")
+    tok.set_ylabel("output tok/s")
+    handles = ax_load.get_legend_handles_labels()[0] + tok.get_legend_handles_labels()[0]
+    ax_load.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    ax_load.set_title("load")
+    # Latency, the SLO and the windows in violation.
+    for metric, stat in (("ttft_ms", "p50"), ("ttft_ms", "p95"), ("e2e_ms", "p95")):
+        ax_lat.plot(mids, [r[metric][stat] for r in rows], marker=".", label=f"{metric.split('_')[0].upper()} {stat}")
+    slo = summary["config"]["slo"]
+    for key, style in (("ttft_ms", "--"), ("e2e_ms", ":")):
+        if slo.get(key):
+            ax_lat.axhline(slo[key], color="red", ls=style, lw=1, label=f"SLO {key.split('_')[0].upper()}")
+    for r in rows:
+        if r["slo_attainment"] is not None and r["slo_attainment"] < auto["slo_target"]:
+            ax_lat.axvspan(r["t_s"], r["t_s"] + r["window_s"], color="red", alpha=0.12, lw=0)
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("ms")
+    ax_lat.set_title(f"latency (shaded: SLO violated, {auto['slo_violation_s']:g} s)")
+    ax_lat.legend(fontsize=8, loc="upper left")
+    # Capacity as polled.
+    samples = auto.get("capacity_samples") or []
+    if samples:
+        t = [s[0] for s in samples]
+        ax_cap.step(t, [s[1] for s in samples], where="post", label="current (ready)")
+        ax_cap.step(t, [s[2] for s in samples], where="post", ls="--", label="desired")
+        ax_cap.legend(fontsize=8, loc="upper left")
+    else:
+        ax_cap.text(0.5, 0.5, auto.get("capacity_note") or "capacity not read", ha="center", va="center",
+                    transform=ax_cap.transAxes, fontsize=9)
+    for event in auto["scale_events"]:
+        for ax in (ax_load, ax_lat, ax_cap):
+            ax.axvline(event["t_s"], color="grey", lw=0.8, ls=":")
+    ax_cap.set_ylabel("instances")
+    ax_cap.set_xlabel("time since the start (s)")
+    ax_cap.set_title(f"capacity ({auto['capacity_source'] or 'not read'})")
+    for ax in (ax_load, ax_lat, ax_cap):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{auto['profile']}: {summary['target'].get('label') or summary['target']['url']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

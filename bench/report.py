@@ -4,44 +4,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
-METRIC_DEFINITIONS = """\
-- **TTFT** (time to first token): from sending the request (its last byte handed to the socket) to the
-  first streamed event that carries non-empty content. The role-only first chunk many servers send at once
-  does not count. Arrival times are taken where the socket is read, before any parsing.
-- **ITL** (inter-token latency): every gap between consecutive content events, pooled over all requests.
-  An event can carry several tokens, so ITL is per event, not per token.
-- **TPOT** (time per output token): per request, (E2E - TTFT) / (output tokens - 1); requests with one
-  output token have none.
-- **E2E**: from sending the request to the last content event.
-- **Output tokens**: the server's `usage.completion_tokens` (requested with `stream_options.include_usage`);
-  when a server sends no usage, the number of content events, and `token_count_source` says `chunks`.
-- **Request / output throughput**: successful requests and their output tokens divided by the level's
-  duration (first measured request sent to last one finished).
-- **Goodput**: requests that met every SLO given (TTFT, TPOT, E2E) per second; failed requests never
-  meet it. **SLO attainment**: those requests / all measured requests. With no SLO, every successful
-  request counts.
-- **Cost per 1k output tokens**: price per hour / (output tokens/s x 3600) x 1000 (x 1000 again per 1M);
-  the price covers all instances (`--instance-count`), and is only as right as the price given.
-- **Client lag**: how late the client sent each request compared with its schedule (closed loop: after the
-  previous request in its slot ended; open loop: its arrival time). Large values mean the client, or the
-  concurrency cap, was the bottleneck, not the server. **Send delay**: from the client starting a request
-  to its bytes reaching the socket (the HTTP library's own queueing); it is not charged to TTFT or E2E.
-- **Retried**: requests sent once more on a new connection because the kept-alive one was closed under
-  them before any reply (servers close idle connections after a few seconds); their times count from the
-  first try. A request that fails again is counted as an error.
-- **Errors** are counted by kind and kept out of every latency statistic. Warmup requests are recorded in
-  requests.jsonl with `"warmup": true` and kept out of everything else.
-- Percentiles interpolate linearly between order statistics (numpy's default); above 100,000 values per
-  metric a log histogram with 0.1% resolution takes over.
-- Times are taken when the bytes are read from the socket (aiohttp protocol callback), before any parsing.
-"""
-
 ERROR_KINDS = """\
 `connect` (no connection), `disconnected` (closed before the response), `timeout` (`--timeout` passed,
 e.g. a stalled stream), `http_401/403/404/408/413/429`, `http_4xx`, `http_5xx`, `stream_cut` (the
 connection or stream ended early), `malformed_sse` (a line that is not SSE/JSON), `stream_error` (an
 in-band `{"error": ...}` event), `not_streaming` (a JSON reply instead of a stream; `--allow-buffered`
 measures it), `malformed_response`, `no_content`, `client_error` (a bug or local problem; see detail)."""
+
+
+DEFINITIONS_LINK = "docs/bench.md#metric-definitions"  # one place for them, not a copy in every report
+SLO_MET_SHARE = 0.95  # a level meets the SLO when this share of its requests met every SLO given
+# Fewest successful requests for a percentile of its own: below them pXX is (an interpolation between) the
+# top one or two values, i.e. the max (p99 of 24 requests is the max).
+PERCENTILE_MIN_REQUESTS = {"p95": 20, "p99": 100}
+
+
+def slo_given(summary: dict) -> bool:
+    return any(v is not None for v in (summary["config"].get("slo") or {}).values())
+
+
+def headline(summary: dict) -> list[str]:
+    """Peak output tokens/s, the highest level meeting the SLO, and $ per 1M output tokens there."""
+    levels = [lv for lv in summary["levels"] if lv.get("succeeded")]
+    if not levels:
+        return ["**No level had a successful request**: see Errors below."]
+    peak = max(levels, key=lambda lv: lv["output_throughput_tok_s"])
+    lines = [f"**Peak**: {peak['output_throughput_tok_s']:,.0f} output tok/s at {_label(peak)}{_cost(peak)}."]
+    if not slo_given(summary):
+        lines.append("**SLO**: none given, so no level is judged (pass --slo-ttft-ms / --slo-tpot-ms / "
+                     "--slo-e2e-ms to find the highest level that meets yours).")
+        return lines
+    meeting = [lv for lv in levels if (lv.get("slo_attainment") or 0) >= SLO_MET_SHARE]
+    share = f"{SLO_MET_SHARE:.0%} of requests within the SLO"
+    if not meeting:
+        lines.append(f"**SLO**: no level met it ({share}); the lightest level measured is already past it.")
+    else:
+        best = max(meeting, key=lambda lv: (lv["rate"] or lv["concurrency"], lv["output_throughput_tok_s"]))
+        lines.append(f"**Highest level meeting the SLO** ({share}): {_label(best)}, "
+                     f"{best['output_throughput_tok_s']:,.0f} output tok/s{_cost(best)}.")
+    return lines
+
+
+def _cost(lv: dict) -> str:
+    cost = lv.get("cost_per_1m_tokens_usd")
+    return "" if cost is None else f", ${cost:,.2f} per 1M output tokens"
+
+
+def percentile_warnings(levels: list[dict]) -> list[tuple[dict, str]]:
+    """Levels with too few successful requests for the percentiles the report prints."""
+    out = []
+    for lv in levels:
+        n = (lv.get("ttft_ms") or {}).get("n") or lv.get("succeeded") or 0
+        short = [p for p, need in PERCENTILE_MIN_REQUESTS.items() if 0 < n < need]
+        if short:
+            needs = ", ".join(f"a {p} needs >= {PERCENTILE_MIN_REQUESTS[p]}" for p in short)
+            out.append((lv, f"only {n} successful requests: its {'/'.join(short)} is the max or next to it "
+                            f"({needs}); raise --requests or --duration"))
+    return out
 
 
 def _f(value, spec: str = ".1f") -> str:
@@ -52,10 +71,12 @@ def _label(lv: dict) -> str:
     return f"c={lv['concurrency']}" if lv["rate"] is None else f"{lv['rate']:g} req/s (cap {lv['concurrency']})"
 
 
-def results_table(levels: list[dict]) -> list[str]:
+def results_table(levels: list[dict], slo: bool = True) -> list[str]:
+    # With no SLO every successful request "meets" it: the column is then the success rate, and says so.
+    share = "SLO %" if slo else "success %"
     lines = [
         "| level | ok / all | req/s | output tok/s | TTFT p50 | TTFT p95 | TTFT p99 | ITL p50 | TPOT p50 | "
-        "E2E p50 | E2E p95 | goodput req/s | SLO | $ / 1k tok | $ / 1M tok |",
+        f"E2E p50 | E2E p95 | goodput req/s | {share} | $ / 1k tok | $ / 1M tok |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lv in levels:
@@ -94,6 +115,8 @@ def render_report(summary: dict, charts: list[Path]) -> str:
     lines = [
         f"# Benchmark: {target.get('label') or target['url']}",
         "",
+        *headline(summary),
+        "",
         f"- Endpoint: `{target.get('endpoint', target['url'])}`, model `{target['model']}`",
         f"- Run {summary.get('run_id')}: {summary.get('started_at')} to {summary.get('finished_at')}, "
         f"status **{summary['status']}**",
@@ -114,16 +137,19 @@ def render_report(summary: dict, charts: list[Path]) -> str:
         + ", ".join(sorted({str(lv['token_count_source']) for lv in levels}) or ["-"])
         + ".",
         "",
-        *results_table(levels),
+        *results_table(levels, slo_given(summary)),
         "",
     ]
     lines += break_even_lines(summary)
     from bench.search import report_lines as search_lines
 
     lines += search_lines(summary)
+    from bench.autoscaler import report_lines as autoscaler_lines
+
+    lines += autoscaler_lines(summary)
     if charts:
         lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in charts] + [""]
-    warnings = [(lv, w) for lv in levels for w in lv.get("warnings", [])]
+    warnings = [(lv, w) for lv in levels for w in lv.get("warnings", [])] + percentile_warnings(levels)
     if warnings:
         lines += ["## Warnings", ""] + [f"- {_label(lv)}: {w}" for lv, w in warnings] + [""]
     if any(lv["errors"] for lv in levels):
@@ -172,7 +198,9 @@ def render_report(summary: dict, charts: list[Path]) -> str:
             f"{_f(send.get('p99'), '.2f')} | {_f(lv.get('client_cpu_ms_per_request'), '.2f')} | "
             f"{lv.get('retried', 0)} |"
         )
-    lines += ["", "## Metric definitions", "", METRIC_DEFINITIONS]
+    lines += ["", "## Metric definitions", "",
+              f"TTFT, ITL, TPOT, E2E, goodput, SLO attainment, cost and client lag are defined once, in the "
+              f"project's `{DEFINITIONS_LINK}`, next to how to read this report.", ""]
     return "\n".join(lines)
 
 
@@ -217,6 +245,11 @@ def write_outputs(summary: dict, out_dir: Path, charts: bool = True) -> list[Pat
             server = server_chart(summary, out_dir / "server_metrics.png")
             if server is not None:
                 paths.append(server)
+            from bench.charts import timeline_chart
+
+            timeline = timeline_chart(summary, out_dir / "timeline.png")
+            if timeline is not None:
+                paths.append(timeline)
         except Exception as exc:  # the numbers matter more than the pictures
             summary.setdefault("warnings", []).append(f"charts failed: {type(exc).__name__}: {exc}")
     (out_dir / "report.md").write_text(render_report(summary, paths))

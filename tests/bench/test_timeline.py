@@ -140,14 +140,22 @@ def test_step_profile_lag_and_violation_within_one_window_of_the_truth(mock_serv
     rows = [orjson.loads(line) for line in (tmp_path / "timeline.jsonl").read_bytes().splitlines()]
     assert rows == summary["timeline"] and len(rows) == 12
     assert rows[0]["capacity"] == {"current": 1, "desired": 1} and rows[-1]["capacity"]["current"] == 4
+    from bench.report import write_outputs
+
+    charts = write_outputs(summary, tmp_path)
+    assert tmp_path / "timeline.png" in charts
+    report = (tmp_path / "report.md").read_text()
+    assert "## The autoscaler" in report and "| load rise at |" in report
+    assert f"Seconds in SLO violation: **{auto['slo_violation_s']:.1f} s**" in report
 
 
 def test_rate_step_with_a_bounded_queue_counts_the_requests_turned_away(mock_server, tmp_path):
-    # Open loop at 40/s on 2 slots of ~30 ms (~65/s)... too many at once only in bursts; at 120/s the
-    # queue (at most 2) overflows and the mock answers 503 until 8 slots serve.
-    server = mock_server(ttft_ms=20, itl_ms=5, output_tokens=3, max_concurrent=2, max_queue=2,
+    # Open loop: 10/s, then 60/s on 2 slots of ~60 ms (~33/s): the queue (at most 2) overflows and the mock
+    # answers 503 until 6 more slots serve (~133/s). Queued requests still meet the 150 ms TTFT; the ones
+    # turned away do not, so the windows between the step and the new slots are in violation.
+    server = mock_server(ttft_ms=50, itl_ms=5, output_tokens=3, max_concurrent=2, max_queue=2,
                          autoscale=Autoscale(max_slots=8, queue_above=1, sustain_s=1.0, provision_s=2.0, step=6))
-    summary = _run(server, tmp_path, "step:10@3s,120@7s", arrival="constant", concurrency=(256,))
+    summary = _run(server, tmp_path, "step:10@3s,60@7s", arrival="constant", concurrency=(256,))
     truth = _truth(server.url, summary["levels"][0]["start_unix_s"], 3.0)
     auto = summary["autoscaler"]
     rejected = json.loads(urllib.request.urlopen(server.url.removesuffix("/v1") + "/capacity").read())["rejected"]
@@ -155,3 +163,4 @@ def test_rate_step_with_a_bounded_queue_counts_the_requests_turned_away(mock_ser
     assert abs(auto["scale_out"][1]["capacity_ready_s"] - truth["ready_s"]) <= 1.0
     assert abs(auto["slo_violation_s"] - truth["ready_s"]) <= 1.0
     assert auto["failed_near_scale_events"] > 0
+    assert all(r["errors"] == 0 for r in summary["timeline"][:3])  # nothing turned away before the step
