@@ -129,8 +129,8 @@ class LevelRunner:
         turns = len(session.turns)
         for t, turn in enumerate(session.turns):
             if t:
-                if session.think_time_s:
-                    await asyncio.sleep(session.think_time_s)
+                if session.think_time_s:  # not asyncio.sleep: uvloop's timers can fire a millisecond early
+                    await _sleep_until(perf_counter_ns() + int(session.think_time_s * 1e9))
                 if self._stopped:
                     return
                 scheduled_ns = perf_counter_ns()

@@ -64,3 +64,67 @@ class WorkloadLevelStats(LevelStats):
                 row["prompt_tokens_mean"] = round(stats.prompt_tokens / stats.succeeded, 1) if stats.succeeded else None
                 out["turns"][str(turn)] = row
         return out
+
+
+def _f(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _label(lv: dict) -> str:
+    return f"c={lv['concurrency']}" if lv["rate"] is None else f"{lv['rate']:g} req/s (cap {lv['concurrency']})"
+
+
+def workload_lines(summary: dict) -> list[str]:
+    """report.md's workload sections: the workload, shards merged, per-turn figures, prompt tokens."""
+    cfg, levels, lines = summary["config"], summary["levels"], []
+    parts = []
+    if cfg.get("shared_prefix_tokens"):
+        parts.append(f"{cfg['prefix_groups']} shared system prompt(s) of {cfg['shared_prefix_tokens']} tokens")
+    if (cfg.get("turns") or 1) > 1:
+        parts.append(f"sessions of {cfg['turns']} turns, think time {cfg.get('think_time_s') or 0:g} s")
+    if cfg.get("tokenizer"):
+        parts.append(f"lengths exact for {cfg['tokenizer']}")
+    if cfg.get("dataset_output_lengths"):
+        parts.append("max_tokens = the dataset's reply lengths")
+    shard = cfg.get("shard")
+    if shard and shard.get("count", 1) > 1:
+        parts.append(f"shard {shard['index']}/{shard['count']} of a run (merge with `python -m bench merge`)")
+    if summary.get("shards"):
+        hosts = ", ".join(f"{s['dir']} ({s['records']} records, {s['status']})" for s in summary["shards"])
+        parts.append(f"merged from {len(summary['shards'])} shard(s): {hosts}")
+    if parts:
+        lines += ["## Workload", "", *[f"- {p}" for p in parts], ""]
+    if any(lv.get("turns") for lv in levels):
+        lines += [
+            "## Per turn",
+            "",
+            "Turn t resends the whole history, so its prompt grows with t; TTFT growth shows what that costs.",
+            "",
+            "| level | turn | ok / all | prompt tokens (server, mean) | TTFT p50 | TTFT p95 | TPOT p50 | E2E p50 |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for lv in levels:
+            for turn, row in (lv.get("turns") or {}).items():
+                lines.append(
+                    f"| {_label(lv)} | {turn} | {row['succeeded']} / {row['requests']} | {_f(row['prompt_tokens_mean'])} "
+                    f"| {_f(row['ttft_ms']['p50'])} | {_f(row['ttft_ms']['p95'])} | {_f(row['tpot_ms']['p50'])} | "
+                    f"{_f(row['e2e_ms']['p50'], '.0f')} |"
+                )
+        lines.append("")
+    if any(lv.get("prompt_tokens_check") for lv in levels):
+        lines += [
+            "## Prompt tokens: requested vs counted by the server",
+            "",
+            "Requested: the length the bench made (exact with --tokenizer). Counted: the server's",
+            "`usage.prompt_tokens`, which adds the chat template's tokens.",
+            "",
+            "| level | requests | requested (mean) | server (mean) | server min to max |",
+            "|---|---|---|---|---|",
+        ]
+        for lv in levels:
+            c = lv.get("prompt_tokens_check")
+            if c:
+                lines.append(f"| {_label(lv)} | {c['requests']} | {c['requested_mean']:.1f} | {c['server_mean']:.1f} | "
+                             f"{c['server_min']} to {c['server_max']} |")
+        lines.append("")
+    return lines
