@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "stats": (["bench/stats.py"], ["tests/bench/test_stats.py"]),
     "sse": (["bench/sse.py"], ["tests/bench/test_sse.py"]),
-    "scheduler": (["bench/scheduler.py"], ["tests/bench/test_scheduler.py"]),
+    # load profiles and multi-turn sessions run in the scheduler too; their tests live next to their modules
+    "scheduler": (["bench/scheduler.py"], ["tests/bench/test_scheduler.py", "tests/bench/test_profiles.py",
+                                          "tests/bench/test_workloads.py"]),
     "workers": (["bench/workers.py"], ["tests/bench/test_workers.py"]),
     "backend": (["bench/backend.py"], ["tests/bench/test_backend.py"]),
     # The gateway targets run the unit-level tests only (-k): the ones through a running gateway start a
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("targets", nargs="*", help=f"default: all of {', '.join(TARGETS)}")
     parser.add_argument("--ref", help="mutate this commit's tree instead of the working tree (a 'before' score)")
     parser.add_argument("--dir", default=os.environ.get("MUTANTS_DIR", "/tmp/llm-inference-mutants"))
-    parser.add_argument("--max-children", type=int, default=max(1, (os.cpu_count() or 2)))
+    # at most 2: the machine is shared, and mutmut with more children only contends for the same cores
+    parser.add_argument("--max-children", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:

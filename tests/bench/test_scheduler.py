@@ -92,3 +92,159 @@ def test_split_level_over_workers():
     assert len(active) == 2 and sum(s.rate for s in active) == pytest.approx(9.0)
     assert sorted(s.phase for s in active) == [0.0, 0.5]
     assert sum(s.requests for s in specs) == 10
+
+
+# ------------------------------------------------------------------ literal records (mutation testing)
+
+
+@pytest.fixture
+def logged_server():
+    """A mock server that keeps every chat request body it received, in arrival order."""
+    import orjson
+
+    from bench.mock_server import MockConfig, MockServer
+
+    servers = []
+
+    def start(**kwargs):
+        server = MockServer(MockConfig(**{"ttft_ms": 2, "itl_ms": 1, **kwargs}))
+        bodies: list[dict] = []
+
+        async def keep(request, _response):
+            if request.path.endswith("/chat/completions"):
+                bodies.append(orjson.loads(await request.read()))
+
+        server.app.on_response_prepare.append(keep)
+        server.start()
+        servers.append(server)
+        return server, bodies
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def run_runner(url, options=None, worker=0, workers=1, stop_after=None, **spec_fields):
+    """run_level with every knob: the runner's position in the pool, request options, a stop()."""
+    records = []
+    runner_box = []
+
+    def emit(record):
+        records.append(record)
+        if stop_after is not None and len(records) == stop_after:
+            runner_box[0].stop()
+
+    async def go():
+        backend = Backend(url + "/chat/completions", {"Content-Type": "application/json"}, 5.0)
+        await backend.start()
+        spec = LevelSpec(**{
+            "level": 0, "mode": "closed", "concurrency": 1, "rate": None, "arrival": "constant", "requests": 3,
+            "warmup": 0, "duration_s": None, "start_at_ns": perf_counter_ns() + 20_000_000, "seed": 7,
+            **spec_fields,
+        })
+        prompts = SyntheticPrompts(Distribution("fixed", 16), Distribution("fixed", 2), 0, "t")
+        runner = LevelRunner(backend, prompts, spec, options or RequestOptions(model="m"), emit, worker, workers)
+        runner_box.append(runner)
+        try:
+            await runner.run()
+        finally:
+            await backend.close()
+        return runner
+
+    runner = asyncio.run(go())
+    return records, runner
+
+
+def test_open_loop_records_carry_the_schedule_ids_and_the_level_as_literals(logged_server):
+    server, bodies = logged_server()
+    records, runner = run_runner(
+        server.url, RequestOptions(model="m", include_usage=False, extra_body={"temperature": 0.5}),
+        worker=1, workers=3, level=5, mode="rate", rate=100.0, arrival="constant", concurrency=4, requests=3,
+        warmup=2, phase=0.5)
+    records.sort(key=lambda r: r["id"])
+    assert runner.sent == 5
+    # This worker's half-gap offset (5 ms), then one arrival every 10 ms; ids interleave with the other workers.
+    assert [r["scheduled_s"] for r in records] == [0.005, 0.015, 0.025, 0.035, 0.045]
+    assert [r["id"] for r in records] == [1, 4, 7, 10, 13]
+    assert [r["warmup"] for r in records] == [True, True, False, False, False]
+    assert {(r["level"], r["worker"], r["prompt_tokens_target"], r["max_tokens"]) for r in records} == {(5, 1, 16, 2)}
+    for r in records:
+        assert r["ok"] and r["scheduled_s"] <= r["start_s"] < r["end_s"] < 5
+        assert r["client_lag_ms"] == pytest.approx((r["start_s"] - r["scheduled_s"]) * 1000, abs=0.002)
+        assert 0 <= r["client_lag_ms"] < 1000
+    # No stream_options without include_usage; the extra body is merged in.
+    assert len(bodies) == 5
+    assert {tuple(sorted(b)) for b in bodies} == {("max_tokens", "messages", "model", "stream", "temperature")}
+    assert {(b["model"], b["max_tokens"], b["stream"], b["temperature"]) for b in bodies} == {("m", 2, True, 0.5)}
+    assert all(b["messages"][-1]["role"] == "user" for b in bodies)
+
+
+def test_closed_loop_asks_for_usage_and_counts_from_the_shared_start(logged_server):
+    server, bodies = logged_server()
+    records, runner = run_runner(server.url, worker=0, workers=2, concurrency=2, requests=4, warmup=1)
+    assert runner.sent == 5 and len(records) == 5
+    assert sorted(r["id"] for r in records) == [0, 2, 4, 6, 8]
+    assert [r["warmup"] for r in records].count(True) == 1
+    assert all(b["stream_options"] == {"include_usage": True} and b["stream"] is True for b in bodies)
+    # Closed loop sends at once: scheduled is when the slot sent, relative to the level's start (20 ms away).
+    for r in records:
+        assert 0 <= r["scheduled_s"] <= r["start_s"] < r["end_s"] < 5
+        assert 0 <= r["client_lag_ms"] < 50
+
+
+def test_open_loop_duration_counts_from_the_first_measured_arrival(mock_server):
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    # 10 ms apart: warmup at 0 and 10 ms, measured from 20 ms; 50 ms of measurement hold 20..60 ms (5 arrivals).
+    records, _ = run_runner(server.url, mode="rate", rate=100.0, arrival="constant", concurrency=8,
+                            requests=None, warmup=2, duration_s=0.05)
+    assert [r["scheduled_s"] for r in sorted(records, key=lambda r: r["id"])] == \
+        [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
+    assert [r["warmup"] for r in records if r["warmup"]] == [True, True]
+
+
+def test_open_loop_arrivals_are_seeded_per_worker_and_level(mock_server):
+    server = mock_server(ttft_ms=1, itl_ms=1)
+
+    def schedule(**kw):
+        records, _ = run_runner(server.url, mode="rate", rate=500.0, arrival="poisson", concurrency=8, requests=6,
+                                **kw)
+        return [r["scheduled_s"] for r in sorted(records, key=lambda r: r["id"])]
+
+    first = schedule(seed=3, level=1)
+    assert first == schedule(seed=3, level=1)  # the same seed, level and worker: the same arrivals
+    assert first != schedule(seed=4, level=1) and first != schedule(seed=3, level=2)
+    assert first[0] == 0.0 and len(set(first)) == 6
+
+
+def test_stop_ends_the_level_and_cancels_what_is_in_flight(mock_server):
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    records, runner = run_runner(server.url, mode="rate", rate=200.0, arrival="constant", concurrency=4,
+                                 requests=200, stop_after=3)
+    # a second's worth of arrivals planned; stopped after the third reply (what was due meanwhile may have gone)
+    assert 3 <= len(records) < 100 and runner.sent < 100
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    records, runner = run_runner(server.url, concurrency=2, requests=50, stop_after=3)
+    assert 3 <= len(records) <= 4 and runner.sent <= 4
+
+
+def test_stop_cancels_a_request_in_flight_without_recording_it(mock_server):
+    server = mock_server(ttft_ms=3000, itl_ms=1)  # a reply that would take 3 s
+
+    async def go():
+        backend = Backend(server.url + "/chat/completions", {"Content-Type": "application/json"}, 10.0)
+        await backend.start()
+        spec = LevelSpec(level=0, mode="closed", concurrency=2, rate=None, arrival="constant", requests=2, warmup=0,
+                         duration_s=None, start_at_ns=perf_counter_ns(), seed=0)
+        prompts = SyntheticPrompts(Distribution("fixed", 16), Distribution("fixed", 2), 0, "t")
+        records = []
+        runner = LevelRunner(backend, prompts, spec, RequestOptions(model="m"), records.append, 0, 1)
+        task = asyncio.ensure_future(runner.run())
+        while server.state.in_flight < 2:
+            await asyncio.sleep(0.01)
+        runner.stop()
+        await asyncio.wait_for(task, 2.0)  # the run ends at once, not after the 3 s reply
+        await backend.close()
+        return records, runner
+
+    records, runner = asyncio.run(go())
+    assert records == [] and runner.sent == 2
