@@ -229,6 +229,7 @@ def build() -> dict[str, Any]:
         "fqdn": net.fqdn,
         "publicIp": net.public_ip_address,
         "keyVaultName": vm.key_vault_name,
+        "capacity": {"kind": "fixed", "instances": 1},  # one VM, no autoscaling (bench/capacity.py)
     }
     if budget is not None:
         outputs["budgetName"] = budget.budget_name

@@ -250,6 +250,12 @@ def build() -> dict[str, Any]:
         "clusterLocation": cluster.location,
         "region": region,
         "namespace": workload.namespace,
+        # What `python -m bench --stack --profile ...` polls (bench/capacity.py): the Deployment's ready
+        # replicas and the HPA's desired ones (the component names its HPA "vllm", components/vllm_kubernetes.py),
+        # read with the kubeconfig of `gcloud container clusters get-credentials CLUSTER --location LOCATION`.
+        "capacity": pulumi.Output.all(workload.namespace, cluster.cluster_name, cluster.location).apply(
+            lambda v: {"kind": "gke", "namespace": v[0], "deployment": workload.deployment_name, "hpa": "vllm",
+                       "cluster": v[1], "location": v[2]}),
     }
     if budget is not None:
         outputs["budgetName"] = budget.budget_name

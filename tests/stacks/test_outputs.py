@@ -24,9 +24,9 @@ BENCH_READS = {"url", "apiKey", "pricePerHour"}
           "url", "functionUrl", "budgetName"}),
         ("azure", {"sshPublicKey": SSH_KEY}, {"apiKey", "fqdn", "keyVaultName", "location", "modelId",
                                               "pricePerHour", "publicIp", "resourceGroupName", "url", "vmName",
-                                              "vmSize"}),
+                                              "vmSize", "capacity"}),
         ("gcp", {}, {"acceleratorType", "apiKey", "clusterLocation", "clusterName", "machineType", "modelId",
-                     "namespace", "pricePerHour", "region", "url"}),
+                     "namespace", "pricePerHour", "region", "url", "capacity"}),
     ],
 )
 def test_stack_outputs_are_exactly_these(stack, overrides, keys):
@@ -34,3 +34,29 @@ def test_stack_outputs_are_exactly_these(stack, overrides, keys):
     assert set(run.outputs) == keys
     assert BENCH_READS <= set(run.outputs)
     assert run.outputs["url"].endswith("/v1")
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "expected"),
+    [
+        ("azure", {"sshPublicKey": SSH_KEY}, {"kind": "fixed", "instances": 1}),
+        ("gcp", {}, {"kind": "gke", "deployment": "vllm", "hpa": "vllm"}),
+    ],
+)
+def test_capacity_output_is_what_the_bench_polls(stack, overrides, expected, tmp_path, monkeypatch):
+    from bench.capacity import from_spec
+
+    capacity = run_stack(stack, overrides).outputs["capacity"]
+    assert expected.items() <= capacity.items()
+    if capacity["kind"] == "gke":
+        assert capacity["namespace"] and capacity["cluster"] and capacity["location"]
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text("current-context: c\ncontexts: [{name: c, context: {cluster: k, user: u}}]\n"
+                              "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+                              "users: [{name: u, user: {token: t}}]\n")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    reader = from_spec(capacity)  # the reader the bench builds from the output (no request yet)
+    if capacity["kind"] == "gke":
+        assert (reader.namespace, reader.deployment, reader.hpa) == (capacity["namespace"], "vllm", "vllm")
+    else:
+        assert reader.read() == (1, 1)
