@@ -45,6 +45,8 @@ class EndpointMonitoringArgs:
     variant_name: str = "AllTraffic"
     metrics_namespace: str = METRICS_NAMESPACE
     alarm_email: str = ""
+    # The gateway's WAF web ACL (its metric name), shown on the dashboard; "" when there is none.
+    waf_web_acl_name: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -227,6 +229,18 @@ def dashboard_body(args: EndpointMonitoringArgs, endpoint: str) -> str:
             [{"expression": "1000 / tps_p5", "label": "p95"}],
         ], stat="p50", annotations={"horizontal": [{"label": "SLO p95", "value": args.slo_e2e_per_token_p95_ms}]}),
     ]
+    if args.waf_web_acl_name:
+        # The web ACL's totals (Rule ALL) and the rate rule's own blocks; the managed groups in count mode
+        # show as counted (AWS/WAFV2, WAF Developer Guide: metrics and dimensions).
+        waf = ["AWS/WAFV2"]
+        acl = ["WebACL", args.waf_web_acl_name, "Region", args.region]
+        widgets.append(widget(12, 18, "WAF requests (per 5 minutes)", [
+            [*waf, "AllowedRequests", *acl, "Rule", "ALL", {"label": "allowed"}],
+            [*waf, "BlockedRequests", *acl, "Rule", "ALL", {"label": "blocked"}],
+            [*waf, "BlockedRequests", *acl, "Rule", f"{args.waf_web_acl_name}-rate-limit-per-ip",
+             {"label": "blocked by the per-IP rate limit"}],
+            [*waf, "CountedRequests", *acl, "Rule", "ALL", {"label": "counted (managed rules)"}],
+        ], period=300))
     return json.dumps({"widgets": widgets}, sort_keys=True)
 
 

@@ -172,6 +172,9 @@ class StreamingGateway(pulumi.ComponentResource):
     function_name: pulumi.Output[str]
     function_url: pulumi.Output[str] | None
     rest_api_id: pulumi.Output[str] | None
+    # The REST API stage (arn:<partition>:apigateway:<region>::/restapis/<id>/stages/<name>), what a WAF web
+    # ACL attaches to; None without API Gateway.
+    stage_arn: pulumi.Output[str] | None
     log_group_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: StreamingGatewayArgs, opts: pulumi.ResourceOptions | None = None):
@@ -218,10 +221,12 @@ class StreamingGateway(pulumi.ComponentResource):
 
         self.function_url = None
         self.rest_api_id = None
+        self.stage_arn = None
         url: pulumi.Output[str] | None = None
         if args.uses_api_gateway:
             rest_api, stage = self._rest_api(args, function, api_key, log_prefix, tags)
             self.rest_api_id = rest_api.id
+            self.stage_arn = stage.arn
             url = stage.invoke_url.apply(lambda u: u.rstrip("/") + "/v1")
         if args.uses_function_url:
             function_url = lambda_.FunctionUrl(
@@ -246,6 +251,7 @@ class StreamingGateway(pulumi.ComponentResource):
             "function_name": self.function_name,
             "function_url": self.function_url,
             "rest_api_id": self.rest_api_id,
+            "stage_arn": self.stage_arn,
             "log_group_name": self.log_group_name,
         })
 

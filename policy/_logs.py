@@ -1,4 +1,5 @@
-"""Log retention: every log group, workspace, bucket or sink destination keeps logs for a set time.
+"""Log retention: every log group, workspace, bucket or sink destination keeps logs for a set time; every WAF
+web ACL logs, to a bounded group of this stack.
 
 Services that create their log group on first write (Lambda, SageMaker endpoints) create it with
 "never expire": the graph check asks that the stack create that group first, with retention.
@@ -94,10 +95,30 @@ def sink_destinations(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
             yield node, f"destination {destination!r}: the policy cannot see its retention; send logs to a log bucket with retentionDays"
 
 
+def waf_logging(nodes: Sequence[Node]) -> Iterator[tuple[Node, str]]:
+    """Every WAF web ACL logs, to a log group of this stack named aws-waf-logs-* (WAF refuses any other
+    CloudWatch destination) that has retention (checked above)."""
+    groups = {str(n.props.get("arn")): n for n in nodes if n.type == "aws:cloudwatch/logGroup:LogGroup" and n.props.get("arn")}
+    logged: set[str] = set()
+    for node in nodes:
+        if node.type != "aws:wafv2/webAclLoggingConfiguration:WebAclLoggingConfiguration":
+            continue
+        logged.add(str(node.props.get("resourceArn")))
+        for destination in as_list(node.props.get("logDestinationConfigs")):
+            group = groups.get(str(destination))
+            if group is None:
+                yield node, f"WAF log destination {destination} is not a log group of this stack (its retention is unseen)"
+            elif not str(group.props.get("name", "")).startswith("aws-waf-logs-"):
+                yield node, f"WAF log group {group.props.get('name')!r} must be named aws-waf-logs-... (WAF refuses others)"
+    for node in nodes:
+        if node.type == "aws:wafv2/webAcl:WebAcl" and str(node.props.get("arn")) not in logged:
+            yield node, "web ACL has no WebAclLoggingConfiguration: blocked requests leave no trace; log to aws-waf-logs-*"
+
+
 RULE = Rule(
     name="log-retention",
     description="Every log group, workspace and log sink destination has a retention period.",
     remediation="Set retention (logRetentionDays) on the log group/workspace/bucket; create the log groups that Lambda and SageMaker would otherwise create without one.",
     resource_checks=(retention,),
-    graph_checks=(implicit_log_groups, sink_destinations),
+    graph_checks=(implicit_log_groups, sink_destinations, waf_logging),
 )

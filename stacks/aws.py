@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pulumi
@@ -13,6 +14,7 @@ from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitorin
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs, derived_endpoint_name
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
 from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
+from components.waf import ApiWaf, ApiWafArgs
 from planning import catalog
 from stacks.budget import budget_args_from_config
 from stacks.config import ConfigError, StackConfig, config_keys, standard_tags
@@ -56,7 +58,36 @@ CONFIG_KEYS = {
     "limits.max_body_bytes": "gatewayMaxBodyBytes",
     "stage_name": "gatewayStageName",
     "lwa_layer_arn": "gatewayLwaLayerArn",
+    # the WAF web ACL (wafRateLimitPerIp > 0)
+    "rate_limit_per_ip": "wafRateLimitPerIp",
+    "managed_rule_action": "wafManagedRulesAction",
+    "blocked_alarm_threshold": "wafBlockedAlarmThreshold",
 }
+
+
+def waf_args_from_config(cfg: StackConfig, region: str, tags: dict[str, str]) -> ApiWafArgs | None:
+    """The web ACL's args (checked now, before anything exists), or None when wafRateLimitPerIp is 0."""
+    limit = cfg.integer("wafRateLimitPerIp", minimum=0)
+    if limit == 0:
+        return None
+    mode = cfg.text("gatewayMode")
+    if mode == "function_url":
+        raise ConfigError(cfg.key("wafRateLimitPerIp"), limit,
+                          "WAF attaches to the API Gateway stage and gatewayMode function_url has none "
+                          "(a Lambda Function URL cannot take a web ACL)",
+                          f"set {cfg.key('gatewayMode')} to rest_api, or {cfg.key('wafRateLimitPerIp')} to 0")
+    args = ApiWafArgs(
+        stage_arn="",  # set once the gateway's stage exists
+        region=region,
+        rate_limit_per_ip=limit,
+        log_retention_days=cfg.integer("logRetentionDays"),
+        managed_rule_action=cfg.text("wafManagedRulesAction"),
+        name=re.sub(r"[^A-Za-z0-9_-]+", "-", f"llm-gateway-{pulumi.get_stack()}")[:100].strip("-"),
+        blocked_alarm_threshold=cfg.integer("wafBlockedAlarmThreshold", minimum=0),
+        tags=tags,
+    )
+    args.validate()
+    return args
 
 
 def hourly_price(cfg: StackConfig, instance_type: str) -> float:
@@ -100,6 +131,7 @@ def build() -> dict[str, Any]:
             tags=tags,
         )
         scaling_args.validate()
+        waf_args = waf_args_from_config(cfg, region, tags)
         endpoint_args = SageMakerEndpointArgs(
             model_id=cfg.text("modelId"),
             region=region,
@@ -146,6 +178,7 @@ def build() -> dict[str, Any]:
                 slo_latency_p99_ms=cfg.integer("sloLatencyP99Ms"),
                 slo_e2e_per_token_p95_ms=cfg.integer("sloE2ePerTokenP95Ms"),
                 alarm_email=cfg.text("alarmEmail", allow_empty=True),
+                waf_web_acl_name=waf_args.name if waf_args else "",
                 tags=tags,
             ),
         )
@@ -187,6 +220,11 @@ def build() -> dict[str, Any]:
             DemoUiConfig("demo-ui-config", DemoUiConfigArgs(bucket_name=demo.bucket_name, api_url=gateway.url,
                                                             model=cfg.text("modelId"), tags=tags))
 
+        waf = None
+        if waf_args is not None:
+            waf = ApiWaf("llm-waf", ApiWafArgs(**{**waf_args.__dict__, "stage_arn": gateway.stage_arn,
+                                                  "alarm_topic_arn": monitoring.topic_arn}))
+
     budget = create_budget("cost", budget_args) if budget_args is not None else None
 
     outputs: dict[str, Any] = {
@@ -205,6 +243,9 @@ def build() -> dict[str, Any]:
         outputs["functionUrl"] = gateway.function_url
     if budget is not None:
         outputs["budgetName"] = budget.budget_name
+    if waf is not None:
+        outputs["wafWebAclArn"] = waf.web_acl_arn
+        outputs["wafLogGroup"] = waf.log_group_name
     if demo is not None:
         outputs["demoUiUrl"] = demo.url  # open it, paste `pulumi stack output apiKey --show-secrets`
     return outputs

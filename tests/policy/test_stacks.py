@@ -41,7 +41,8 @@ EMAILS = ["finops@example.com", "oncall@example.com"]
 GRAPHS: dict[str, tuple[str, dict[str, Any]]] = {
     "aws": ("aws", {}),
     "aws-function-url": ("aws", {"gatewayMode": "both"}),
-    "aws-function-url-iam": ("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM"}),
+    "aws-function-url-iam": ("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM",
+                                     "wafRateLimitPerIp": 0}),  # WAF needs the REST API stage
     "aws-budget": ("aws", {**BUDGET, "hfToken": Secret(DUMMY_SECRET)}),
     "aws-demo-ui": ("aws", {"demoUi": True}),  # the playground: S3 + CloudFront, CORS on the gateway
     "gcp": ("gcp", {}),

@@ -47,7 +47,11 @@ def test_endpoint_core_graph(aws):
         "aws:sagemaker/endpoint:Endpoint": 1,
         "aws:appautoscaling/target:Target": 1,
         "aws:appautoscaling/policy:Policy": 2,
-        "aws:cloudwatch/metricAlarm:MetricAlarm": 6,
+        "aws:cloudwatch/metricAlarm:MetricAlarm": 7,  # 6 of the monitoring + WAF's blocked requests
+        # Pulumi.aws.yaml sets wafRateLimitPerIp: one web ACL on the stage (tests/components/test_waf.py).
+        "llminfer:aws:ApiWaf": 1,
+        "aws:wafv2/webAcl:WebAcl": 1,
+        "aws:wafv2/webAclAssociation:WebAclAssociation": 1,
         "aws:cloudwatch/dashboard:Dashboard": 1,
         "aws:sns/topic:Topic": 1,
         "aws:sns/topicPolicy:TopicPolicy": 1,
@@ -171,6 +175,7 @@ def test_alarms_watch_latency_slo_errors_and_capacity(aws):
         "llm-monitoring-5xx-rate",
         "llm-monitoring-model-errors",
         "llm-monitoring-at-max-instances",
+        "llm-waf-blocked",  # Pulumi.aws.yaml sets wafRateLimitPerIp
     }
     # Time to first token at the gateway (ms): 2000 ms p95 / 4000 ms p99 SLOs.
     assert alarms["llm-monitoring-ttft-p95"]["threshold"] == 2000
@@ -188,6 +193,8 @@ def test_alarms_watch_latency_slo_errors_and_capacity(aws):
             assert [q["id"] for q in alarm["metricQueries"] if q.get("returnData")], name
         elif alarm["namespace"] == "LLMInference":  # the gateway's EMF metrics
             assert alarm["dimensions"] == {"EndpointName": "llm-aws"}
+        elif alarm["namespace"] == "AWS/WAFV2":  # the web ACL's totals
+            assert alarm["dimensions"] == {"WebACL": "llm-gateway-aws", "Region": "us-east-1", "Rule": "ALL"}
         else:
             assert alarm["namespace"] == "AWS/SageMaker"
             assert alarm["dimensions"] == {"EndpointName": "llm-aws", "VariantName": "AllTraffic"}
@@ -405,7 +412,8 @@ def test_apigateway_mode_exports_no_function_url(aws):
 
 
 def test_function_url_mode_exports_the_function_url_as_url_and_function_url():
-    run = run_stack("aws", {"gatewayMode": "function_url"})
+    # No REST API stage, so no WAF (which the example stack sets): refused unless turned off.
+    run = run_stack("aws", {"gatewayMode": "function_url", "wafRateLimitPerIp": 0})
     function_url = run.one("aws:lambda/functionUrl:FunctionUrl").state["functionUrl"]
     assert function_url.endswith(".lambda-url.us-east-1.on.aws/")
     assert run.outputs["functionUrl"] == function_url + "v1"

@@ -84,7 +84,7 @@ def test_a_function_url_with_auth_none_is_publicly_invokable_through_the_url_onl
     # "your function's resource-based policy is always in effect and must grant public access before your
     # function URL can receive requests"; since October 2025 also lambda:InvokeFunction (Lambda
     # Developer Guide, urls-auth). Both only through the URL.
-    run = run_stack("aws", {"gatewayMode": mode})
+    run = run_stack("aws", {"gatewayMode": mode, "wafRateLimitPerIp": 0 if mode == "function_url" else 2000})
     function = run.named("llm-gateway-fn").state["name"]
     assert run.one("aws:lambda/functionUrl:FunctionUrl").inputs["authorizationType"] == "NONE"
     by_action = {p["action"]: p for p in _url_permissions(run)}
@@ -105,7 +105,7 @@ def test_a_function_url_with_auth_none_is_publicly_invokable_through_the_url_onl
 
 
 def test_iam_auth_and_the_rest_api_grant_nobody_public_access():
-    iam = run_stack("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM"})
+    iam = run_stack("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM", "wafRateLimitPerIp": 0})
     assert _url_permissions(iam) == []
     assert _url_permissions(run_stack("aws")) == []
 
