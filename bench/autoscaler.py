@@ -136,6 +136,13 @@ def analyse(timeline: Timeline, rows: list[dict], profile: Profile, target: floa
     }
 
 
+def _say(message: str) -> None:
+    import sys
+
+    print(f"capacity: {message}; the run goes on without it (see summary.json autoscaler.capacity_note)",
+          file=sys.stderr, flush=True)
+
+
 class ProfileWatch:
     """A --profile level's time line and capacity poller; the runner feeds it records."""
 
@@ -155,9 +162,11 @@ class ProfileWatch:
                 reader = from_spec(cfg.capacity, cfg.base_url)
                 self.source = reader.name
                 self.poller = CapacityPoller(reader, cfg.capacity_interval_s)
+                self.poller.on_first_error = _say
                 self.poller.start(start_at_ns)
             except CapacityUnavailable as exc:
                 self.note = f"capacity not read: {exc}"
+                _say(str(exc))
             except (KeyError, TypeError) as exc:
                 self.note = f"capacity not read: the capacity spec {cfg.capacity!r} lacks {exc}"
         self.add = self.timeline.add

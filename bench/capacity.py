@@ -265,6 +265,7 @@ class CapacityPoller:
         self.samples: list[tuple[float, int | None, int | None]] = []
         self.errors = 0
         self.last_error: str | None = None
+        self.on_first_error = None  # called with the message of the first failed read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0_ns = 0
@@ -280,6 +281,8 @@ class CapacityPoller:
         except CapacityUnavailable as exc:
             self.errors += 1
             self.last_error = str(exc)
+            if self.errors == 1 and self.on_first_error is not None:
+                self.on_first_error(self.last_error)
             return
         self.samples.append((round((perf_counter_ns() - self._t0_ns) / 1e9, 3), current, desired))
 

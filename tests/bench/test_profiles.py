@@ -125,3 +125,76 @@ def test_open_profile_sends_on_its_schedule(mock_server, tmp_path):
     assert scheduled[:3] == pytest.approx([0, 0.1, 0.2], abs=1e-6)
     assert scheduled[10:13] == pytest.approx([1.0, 1.025, 1.05], abs=1e-6)
     assert not any(r["warmup"] for r in recs)
+
+
+# -- the flags --------------------------------------------------------------------------------------------
+
+URL = "http://127.0.0.1:9/v1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--profile", "steps:1@1s"], "expected step:RATE@DURATION"),
+        (["--profile", "step:1@10s", "--rate", "2"], "--rate does not go with --profile"),
+        (["--profile", "step:1@10s", "--duration", "5s"], "--duration does not go with --profile"),
+        (["--profile", "step:1@10s", "--requests", "5"], "--requests does not go with --profile"),
+        (["--profile", "step:1@10s", "--warmup", "3"], "--warmup does not go with --profile"),
+        (["--profile", "cstep:2@10s", "--concurrency", "4"], "the profile sets C"),
+        (["--profile", "step:1@10s", "--concurrency", "4,8"], "one in-flight cap"),
+        (["--profile", "step:1@10s", "--window", "20s"], "longer than the profile"),
+        (["--profile", "step:1@10s", "--slo-target", "2"], "--slo-target"),
+        (["--profile", "step:1@10s", "--capacity", "azure"], "expected mock, fixed:N"),
+        (["--capacity", "mock"], "--capacity is for a --profile run"),
+        (["--window", "5s"], "--window is for a --profile run"),
+    ],
+)
+def test_profile_flags_are_checked(argv, needle, capsys):
+    import bench
+
+    assert bench.run([URL, "--model", "m", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_profile_flags_make_the_config():
+    from bench.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args([URL, "--model", "m", "--profile", "ramp:1..5@1m", "--window", "5s",
+                                      "--slo-target", "90%", "--capacity", "sagemaker:ep/AllTraffic@us-east-1"])
+    cfg = config_from_args(args)
+    assert (cfg.window_s, cfg.slo_target, cfg.duration_s, cfg.concurrency) == (5, 0.9, 60, (256,))
+    assert cfg.capacity == {"kind": "sagemaker", "endpointName": "ep", "variantName": "AllTraffic",
+                            "region": "us-east-1"}
+    assert cfg.public()["profile"]["spec"] == "ramp:1..5@60s"
+    cfg = config_from_args(build_parser().parse_args([URL, "--model", "m", "--profile", "cstep:3@5s,9@5s"]))
+    assert cfg.concurrency == (9,) and cfg.levels()[0].rate is None
+
+
+def test_stack_capacity_without_credentials_is_a_note_not_a_failure(tmp_path, monkeypatch, mock_server, capsys):
+    import json
+
+    import bench
+    from tests.bench.test_cli import fake_pulumi
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = mock_server()
+    outputs = {"url": server.url, "pricePerHour": 1.515, "capacity": {
+        "kind": "sagemaker", "endpointName": "llm-ep", "variantName": "AllTraffic", "region": "us-east-1"}}
+    fake_pulumi(tmp_path, monkeypatch, json.dumps(outputs))
+    out = tmp_path / "run"
+    code = bench.run(["--stack", "aws", "--workers", "0", "--profile", "step:20@1s", "--window", "0.5s",
+                      "--max-tokens", "4", "--out", str(out), "--no-progress", "--no-charts"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    auto = summary["autoscaler"]
+    assert summary["config"]["capacity"]["endpointName"] == "llm-ep"
+    assert "no AWS credentials for DescribeEndpoint" in auto["capacity_note"]
+    assert auto["instance_hours_source"] == "--instance-count 1 for the whole run"
+    assert "capacity: no AWS credentials for DescribeEndpoint" in capsys.readouterr().err
+    assert auto["cost_usd"] == pytest.approx(1.515 / 3600, rel=1e-3)
+    assert sum(r["rps"] * r["window_s"] for r in summary["timeline"]) == summary["levels"][0]["requests"]
