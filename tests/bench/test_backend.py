@@ -211,3 +211,147 @@ def test_the_mock_times_its_ttft_from_the_socket_read(mock_server):
     assert isinstance(server._runner.server(), _StampingHandler)  # aiohttp still builds handlers this way
     rec = measure(send(server.url))
     assert 20 <= rec["server_ttft_ms"] <= rec["ttft_ms"] + 1
+
+
+# ------------------------------------------------------------------ literal tables (mutation testing)
+
+
+class CannedServer:
+    """A raw HTTP/1.1 server that answers every request with the same bytes and closes the connection."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+        head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        self.response = head.encode() + b"\r\n" + body
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                conn.sendall(self.response)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def canned():
+    servers = []
+
+    def start(*args, **kwargs):
+        servers.append(CannedServer(*args, **kwargs))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_status_codes_map_to_their_error_kinds():
+    from bench.backend import classify_status
+
+    kinds = {status: classify_status(status) for status in (200, 302, 399, 400, 401, 402, 403, 404, 408, 409, 413,
+                                                            429, 499, 500, 503, 599)}
+    assert kinds == {200: "http_200", 302: "http_302", 399: "http_399", 400: "http_4xx", 401: "http_401",
+                     402: "http_4xx", 403: "http_403", 404: "http_404", 408: "http_408", 409: "http_4xx",
+                     413: "http_413", 429: "http_429", 499: "http_4xx", 500: "http_5xx", 503: "http_5xx",
+                     599: "http_5xx"}
+
+
+def test_gateway_headers_are_read_as_numbers_and_bad_ones_dropped():
+    from bench.backend import _header_metrics
+
+    assert _header_metrics({"x-ttft-ms": "12.5", "x-tokens-per-second": "40", "x-cost-per-1k-usd": "0.002"}) == {
+        "ttft_ms": 12.5, "tokens_per_second": 40.0, "cost_per_1k_usd": 0.002}
+    assert _header_metrics({"x-ttft-ms": "fast", "x-tokens-per-second": "7"}) == {"tokens_per_second": 7.0}
+    assert _header_metrics({"x-other": "1"}) is None
+    assert _header_metrics({"x-ttft-ms": "n/a"}) is None
+
+
+def test_only_a_connection_closed_under_the_client_is_worth_a_second_try():
+    import aiohttp
+    from aiohttp.client_reqrep import ConnectionKey
+
+    from bench.backend import closed_under_us
+
+    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+    assert closed_under_us(aiohttp.ServerDisconnectedError())
+    assert closed_under_us(aiohttp.ClientOSError(104, "reset"))
+    assert not closed_under_us(aiohttp.ClientConnectorError(key, OSError(111, "refused")))
+    assert not closed_under_us(aiohttp.ClientPayloadError("cut"))
+    assert not closed_under_us(ValueError("x"))
+
+
+def test_exceptions_are_classified_by_kind_and_whether_headers_had_come():
+    import aiohttp
+    import httpx
+    from aiohttp.client_reqrep import ConnectionKey
+    from yarl import URL
+
+    from bench.backend import _classify_exception
+
+    key = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+    info = aiohttp.RequestInfo(URL("http://x/"), "POST", {}, URL("http://x/"))
+    cases = [
+        (aiohttp.ClientConnectorError(key, OSError(111, "refused")), "connect", "connect"),
+        (aiohttp.InvalidURL("nope"), "connect", "connect"),
+        (aiohttp.ClientPayloadError("cut"), "disconnected", "stream_cut"),
+        (aiohttp.ServerDisconnectedError(), "disconnected", "stream_cut"),
+        (aiohttp.ClientOSError(104, "reset"), "disconnected", "stream_cut"),
+        (aiohttp.ClientResponseError(info, (), status=400), "bad_response", "bad_response"),
+        (httpx.ConnectError("refused"), "connect", "connect"),
+        (httpx.RemoteProtocolError("eh"), "disconnected", "stream_cut"),
+        (httpx.ReadError("eh"), "disconnected", "stream_cut"),
+        (ConnectionResetError("reset"), "connect", "stream_cut"),
+        (OSError("io"), "connect", "stream_cut"),
+        (ValueError("odd"), "client_error", "client_error"),
+    ]
+    for exc, before_headers, after_headers in cases:
+        assert _classify_exception(exc, 0)[0] == before_headers, exc
+        assert _classify_exception(exc, 200)[0] == after_headers, exc
+    kind, detail = _classify_exception(ValueError("x" * 400), 0)
+    assert detail == ("ValueError: " + "x" * 400)[:300] and len(detail) == 300
+
+
+@pytest.mark.parametrize("client", [{}, {"stamping": "task"}, {"http2": True}])
+def test_an_error_reply_keeps_its_status_type_and_a_bounded_body(canned, client):
+    body = b"E" * 250 + b"F" * 3000
+    server = canned(503, body, {"Content-Type": "application/json", "X-TTFT-MS": "3"})
+    reply = send(server.url, **client)
+    assert reply.status == 503 and reply.error_kind == "http_5xx"
+    assert reply.content_type == "application/json"
+    assert reply.body == body[:2048]
+    assert reply.error_detail == "HTTP 503: " + "E" * 200
+    assert reply.header_metrics == {"ttft_ms": 3.0}
+    assert reply.t_start_ns < reply.t_end_ns and not reply.retried
+
+
+@pytest.mark.parametrize("client", [{}, {"stamping": "task"}, {"http2": True}])
+def test_a_buffered_reply_keeps_its_body_content_type_and_gateway_headers(canned, client):
+    body = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+            b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
+    server = canned(200, body, {"Content-Type": "text/event-stream", "x-tokens-per-second": "12.5"})
+    reply = send(server.url, **client)
+    assert (reply.status, reply.error_kind, reply.body) == (200, None, body)
+    assert reply.content_type == "text/event-stream"
+    assert reply.header_metrics == {"tokens_per_second": 12.5}
+    assert reply.marks and reply.marks[-1][1] == len(body)
+    assert all(reply.t_start_ns <= t <= reply.t_end_ns for t, _ in reply.marks)
+
+
+def test_a_timeout_names_the_limit(mock_server):
+    reply = send(mock_server(ttft_ms=3000).url, timeout=0.25)
+    assert reply.error_kind == "timeout"
+    assert reply.error_detail == "no complete reply within --timeout 0.25s"
