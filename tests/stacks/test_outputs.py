@@ -18,10 +18,10 @@ BENCH_READS = {"url", "apiKey", "pricePerHour"}
     ("stack", "overrides", "keys"),
     [
         ("aws", {}, {"alarmTopicArn", "apiKey", "dashboardUrl", "endpointName", "instanceType", "pricePerHour",
-                     "region", "url"}),
+                     "region", "url", "capacity", "wafWebAclArn", "wafLogGroup"}),
         ("aws", {"gatewayMode": "both", "budgetMonthlyUsd": 100, "budgetAlertEmail": "ops@example.com"},
          {"alarmTopicArn", "apiKey", "dashboardUrl", "endpointName", "instanceType", "pricePerHour", "region",
-          "url", "functionUrl", "budgetName"}),
+          "url", "functionUrl", "budgetName", "capacity", "wafWebAclArn", "wafLogGroup"}),
         ("azure", {"sshPublicKey": SSH_KEY}, {"apiKey", "fqdn", "keyVaultName", "location", "modelId",
                                               "pricePerHour", "publicIp", "resourceGroupName", "url", "vmName",
                                               "vmSize", "capacity"}),
@@ -39,6 +39,7 @@ def test_stack_outputs_are_exactly_these(stack, overrides, keys):
 @pytest.mark.parametrize(
     ("stack", "overrides", "expected"),
     [
+        ("aws", {}, {"kind": "sagemaker", "variantName": "AllTraffic", "region": "us-east-1"}),
         ("azure", {"sshPublicKey": SSH_KEY}, {"kind": "fixed", "instances": 1}),
         ("gcp", {}, {"kind": "gke", "deployment": "vllm", "hpa": "vllm"}),
     ],
@@ -58,5 +59,8 @@ def test_capacity_output_is_what_the_bench_polls(stack, overrides, expected, tmp
     reader = from_spec(capacity)  # the reader the bench builds from the output (no request yet)
     if capacity["kind"] == "gke":
         assert (reader.namespace, reader.deployment, reader.hpa) == (capacity["namespace"], "vllm", "vllm")
+    elif capacity["kind"] == "sagemaker":
+        assert capacity["endpointName"] == run_stack(stack, overrides).outputs["endpointName"]
+        assert (reader.endpoint, reader.variant) == (capacity["endpointName"], "AllTraffic")
     else:
         assert reader.read() == (1, 1)
