@@ -41,7 +41,9 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "gateway-auth": (["lambda/gateway/auth.py"], ["tests/gateway/test_auth_secret.py"]),
     "gateway-app": (["lambda/gateway/app.py", "lambda/gateway/relay.py", "lambda/gateway/metrics.py",
                      "lambda/gateway/errors.py"],
-                    ["tests/gateway/test_streaming.py", "tests/gateway/test_faults.py", "tests/gateway/test_metrics.py"]),
+                    # in process (no uvicorn per mutant); test_streaming/test_faults cover the same through uvicorn
+                    ["tests/gateway/test_relay.py", "tests/gateway/test_app_inprocess.py",
+                     "tests/gateway/test_metrics.py", "-k", "not each_request_logs_one_valid_emf_line"]),
     "token-autoscaling": (["components/token_autoscaling.py"], ["tests/components/test_token_autoscaling_math.py",
                                                               "tests/components/test_aws_endpoint.py"]),
     "endpoint-monitoring": (["components/endpoint_monitoring.py"],
