@@ -73,6 +73,35 @@ def throughput_chart(summary: dict, path: Path) -> Path:
     return path
 
 
+def throughput_latency_chart(summary: dict, path: Path) -> Path | None:
+    """Output tok/s against TTFT p95 and E2E p95, one point per level, labelled with its load: the knee is where
+    more load stops buying tokens/s and starts buying latency. None when no level has a latency."""
+    levels = [lv for lv in summary["levels"] if (lv.get("ttft_ms") or {}).get("p95") is not None]
+    if not levels:
+        return None
+    plt = _pyplot()
+    x, _ = level_x({"levels": levels})
+    unit = "/s" if levels[0]["rate"] is not None else ""
+    tok_s = [lv["output_throughput_tok_s"] for lv in levels]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, title in ((axes[0], "ttft_ms", "TTFT p95 (ms)"), (axes[1], "e2e_ms", "E2E p95 (ms)")):
+        latency = [lv[metric]["p95"] for lv in levels]
+        ax.plot(tok_s, latency, marker="o")
+        for load, tx, ly in zip(x, tok_s, latency, strict=True):
+            ax.annotate(f"{'c=' if not unit else ''}{load:g}{unit}", (tx, ly), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8)
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(title)
+        ax.set_title(f"throughput vs {title.split(' (')[0]}")
+        ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def ttft_cdf_chart(summary: dict, requests_path: Path, path: Path) -> Path | None:
     """TTFT CDF per level, from requests.jsonl (successful, measured requests)."""
     per_level: dict[int, list[float]] = defaultdict(list)

@@ -155,10 +155,11 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     from bench.stats import Slo
 
     url, api_key, price, price_source = args.url, args.api_key, None, None
-    stack_capacity = None
+    stack_capacity = level_capacity = None
     if args.stack:
         stack = target.from_stack(args.stack, args.stack_cwd)
         stack_capacity = stack.get("capacity")
+        level_capacity = stack.get("level_capacity")  # instances per level (bench.level_capacity)
         url = url or stack["url"]
         api_key = api_key or stack["api_key"]
         if stack["price_per_hour"] is not None:
@@ -208,6 +209,8 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
     profile = profile_cli.settings(args, parse_duration, parse_fraction, stack_capacity)  # --profile & co
     if profile:
         conc, duration = profile.pop("concurrency"), profile["profile"].duration_s
+    elif level_capacity:
+        profile = {"capacity": level_capacity}
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: must be >= 0 (0 runs the load in this process)")
 

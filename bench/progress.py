@@ -105,7 +105,11 @@ class Display:
 
     def final(self, summary: dict, out_dir, exit_code: int) -> None:
         if summary["levels"]:
+            from bench.report import headline
+
             self.out.print(summary_table(summary))
+            for line in headline(summary):
+                self.out.print(line.replace("**", ""), highlight=False, markup=False)
         if summary.get("search"):
             from bench.search import describe_result
 
@@ -124,15 +128,17 @@ class Display:
 
 
 def summary_table(summary: dict) -> Table:
+    from bench.report import slo_given
+
     table = Table(title=f"{summary['target']['url']}  model {summary['target']['model']}", title_justify="left")
     for header in (
         "level", "ok/all", "req/s", "tok/s", "TTFT p50", "TTFT p95", "ITL p50", "TPOT p50", "E2E p95",
-        "goodput", "SLO %", "$/1k tok",
+        "goodput", "SLO %" if slo_given(summary) else "success %", "$/1M tok",
     ):  # fmt: skip
         table.add_column(header, justify="right")
     for lv in summary["levels"]:
         label = f"c={lv['concurrency']}" if lv["rate"] is None else f"{lv['rate']:g}/s"
-        cost = lv["cost_per_1k_tokens_usd"]
+        cost = lv.get("cost_per_1m_tokens_usd")
         table.add_row(
             label,
             f"{lv['succeeded']}/{lv['requests']}",
@@ -145,7 +151,7 @@ def summary_table(summary: dict) -> Table:
             _fmt(lv["e2e_ms"]["p95"], ".0f"),
             f"{lv['goodput_rps']:.2f}",
             _fmt(None if lv["slo_attainment"] is None else 100 * lv["slo_attainment"], ".0f"),
-            _fmt(cost, ".5f"),
+            _fmt(cost, ".2f"),
         )
     table.caption = "times in ms; tokens from " + ", ".join(
         sorted({lv["token_count_source"] or "-" for lv in summary["levels"]})

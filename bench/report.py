@@ -45,6 +45,15 @@ def headline(summary: dict) -> list[str]:
     return lines
 
 
+def _rtt(rtt: dict | None) -> str:
+    if not rtt:
+        return ""
+    if rtt.get("error"):
+        return f"; round trip to the endpoint not measured ({rtt['error']})"
+    # Far more than a few ms: the client is not in the endpoint's region, and every TTFT carries the distance.
+    return f"; round trip to the endpoint {rtt['median_ms']:.1f} ms (TCP connect, median of {rtt['samples']})"
+
+
 def _cost(lv: dict) -> str:
     cost = lv.get("cost_per_1m_tokens_usd")
     return "" if cost is None else f", ${cost:,.2f} per 1M output tokens"
@@ -129,7 +138,7 @@ def render_report(summary: dict, charts: list[Path]) -> str:
         f"max_tokens {cfg['max_tokens']}",
         f"- Price: {price}; SLO: {slo_text}",
         f"- Client: {client.get('host')} ({client.get('cpus')} CPUs, load average at start "
-        f"{client.get('load_average_at_start')})",
+        f"{client.get('load_average_at_start')}){_rtt(client.get('rtt_to_endpoint'))}",
         "",
         "## Results",
         "",
@@ -239,6 +248,11 @@ def write_outputs(summary: dict, out_dir: Path, charts: bool = True) -> list[Pat
 
             paths.append(latency_chart(by_load(summary), out_dir / "latency.png"))
             paths.append(throughput_chart(by_load(summary), out_dir / "throughput.png"))
+            from bench.charts import throughput_latency_chart
+
+            knee = throughput_latency_chart(by_load(summary), out_dir / "throughput_latency.png")
+            if knee is not None:
+                paths.append(knee)
             cdf = ttft_cdf_chart(summary, out_dir / "requests.jsonl", out_dir / "ttft_cdf.png")
             if cdf is not None:
                 paths.append(cdf)

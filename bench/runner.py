@@ -21,6 +21,7 @@ from time import perf_counter_ns
 import orjson
 
 from bench.config import BenchConfig, Level, split_level
+from bench.rtt import connect_rtt
 from bench.search import SearchPlan
 from bench.server_metrics import attach as attach_server_metrics
 from bench.server_metrics import start_scraper
@@ -85,7 +86,8 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
         "target": {"url": cfg.base_url, "endpoint": cfg.url, "model": cfg.model, "label": cfg.label,
                    "server": server_identity(cfg.base_url, None if cfg.sigv4 else cfg.api_key)},
         "config": cfg.public(),
-        "client": _client_info(),
+        # The network between client and endpoint (bench.rtt), measured before any load.
+        "client": {**_client_info(), "rtt_to_endpoint": connect_rtt(cfg.base_url)},
         "run_id": run_tag,
         "started_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "status": "running",
@@ -98,6 +100,10 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
     current: list[LevelStats] = []  # the level being measured, so a failure keeps its partial figures
     plan = SearchPlan(cfg, cfg.search) if cfg.search is not None else None
     scraper = start_scraper(cfg)
+    from bench.level_capacity import LevelCapacity
+
+    # Instances at each level's start and end (bench.level_capacity); profile runs poll their own.
+    instances = LevelCapacity(cfg.capacity if cfg.profile is None else None, cfg.base_url)
     try:
         pool.start()
         if cfg.start_at is not None:  # --start-at: every shard starts its first level at the agreed time
@@ -107,9 +113,11 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
         for level in plan.levels() if plan is not None else cfg.levels():
             if scraper is not None:
                 scraper.begin_level()
+            instances_at_start = instances.read()
             stats, level_status = _run_level(cfg, level, pool, log, display, current)
             current.clear()
             level_summary = stats.summary()
+            instances.attach(level_summary, instances_at_start, instances.read())
             if scraper is not None:
                 attach_server_metrics(level_summary, scraper, summary, display)
             summary["levels"].append(level_summary)

@@ -70,8 +70,11 @@ def from_stack(stack: str, cwd: str | None = None) -> dict:
             raise UsageError(f"--stack {stack}: output pricePerHour={price!r} is not a number") from None
     api_key = outputs.get("apiKey")
     capacity = outputs.get("capacity")  # what bench.capacity polls during a --profile run
+    from bench.level_capacity import spec_from_outputs
+
     return {"url": url, "api_key": api_key if isinstance(api_key, str) and api_key else None, "price_per_hour": price,
-            "capacity": capacity if isinstance(capacity, dict) else None}
+            "capacity": capacity if isinstance(capacity, dict) else None,
+            "level_capacity": spec_from_outputs(outputs)}
 
 
 def api_key_from_env() -> str | None:
