@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from components.vllm_front import CADDY_IMAGE, HEALTH_PATH, caddyfile
+from components.vllm_front import CADDY_IMAGE, HEALTH_PATH, caddyfile, page_files
 
 # Azure takes at most 65,535 characters of base64 custom data.
 CUSTOM_DATA_LIMIT = 65535
@@ -46,6 +46,9 @@ SECRETS_ENV = "/etc/llminfer/secrets.env"
 HF_CACHE_DIR = "/var/lib/llminfer/huggingface"
 CADDY_DATA_DIR = "/var/lib/llminfer/caddy"
 CADDYFILE = "/etc/llminfer/Caddyfile"
+# demo_ui: the playground's files on the VM, mounted read-only into the Caddy container at FRONT_PAGE_DIR.
+PAGE_DIR = "/etc/llminfer/playground"
+FRONT_PAGE_DIR = "/srv/playground"
 # Port vLLM listens on inside its container, published on the host's loopback only at VLLM_LOCAL_PORT;
 # clients reach the front on `api_port` (or 443 with TLS).
 CONTAINER_PORT = 8000
@@ -91,6 +94,7 @@ class VllmHost:
     caddy_image: str = CADDY_IMAGE
     log_retention_days: int = 30
     gpu_wait_seconds: int = 2700  # the extension takes ~10-20 min; past this the unit fails and restarts
+    demo_ui: bool = False  # the chat playground on the front's origin
 
 
 def cloud_config(host: VllmHost) -> str:
@@ -103,6 +107,7 @@ def cloud_config(host: VllmHost) -> str:
         _file("/usr/local/sbin/llminfer-check-auth", _check_auth_script(host), "0750"),
         _file("/etc/systemd/system/vllm.service", _vllm_unit(host), "0644"),
         _file(CADDYFILE, front_caddyfile(host), "0644"),
+        *([_file(f"{PAGE_DIR}/{name}", text, "0644") for name, text in page_files().items()] if host.demo_ui else []),
         _file("/etc/systemd/system/caddy.service", _caddy_unit(host), "0644"),
         _file(NO_KERNEL_UPGRADES_CONF, _NO_KERNEL_UPGRADES, "0644"),
         _file(
@@ -175,6 +180,7 @@ def front_caddyfile(host: VllmHost) -> str:
         f"127.0.0.1:{VLLM_LOCAL_PORT}",
         tls_domain=host.tls_domain,
         tls_email=host.tls_email,
+        page_dir=FRONT_PAGE_DIR if host.demo_ui else "",
     )
 
 
@@ -412,6 +418,7 @@ WantedBy=multi-user.target
 
 def _caddy_unit(host: VllmHost) -> str:
     where = f"HTTPS on {HTTPS_PORT} for {host.tls_domain}" if host.tls_domain else f"HTTP on {host.api_port}"
+    page_mount = f" -v {PAGE_DIR}:{FRONT_PAGE_DIR}:ro" if host.demo_ui else ""
     return f"""\
 [Unit]
 Description=The vLLM front (Caddy): only /v1/* and /health reach vLLM, {where}
@@ -428,7 +435,7 @@ RestartSec=15
 ExecStartPre=-/usr/bin/docker rm -f caddy
 ExecStartPre={_pull_if_missing(host.caddy_image)}
 ExecStartPre=/bin/mkdir -p {CADDY_DATA_DIR}
-ExecStart=/usr/bin/docker run --rm --name caddy --network host -v {CADDYFILE}:/etc/caddy/Caddyfile:ro -v {CADDY_DATA_DIR}:/data --log-opt max-size=20m --log-opt max-file=3 {host.caddy_image} caddy run --config /etc/caddy/Caddyfile --adapter caddyfile
+ExecStart=/usr/bin/docker run --rm --name caddy --network host -v {CADDYFILE}:/etc/caddy/Caddyfile:ro{page_mount} -v {CADDY_DATA_DIR}:/data --log-opt max-size=20m --log-opt max-file=3 {host.caddy_image} caddy run --config /etc/caddy/Caddyfile --adapter caddyfile
 ExecStop=/usr/bin/docker stop caddy
 
 [Install]

@@ -151,10 +151,13 @@ class AzureVllmVmArgs:
     auto_shutdown_time: str = ""
     auto_shutdown_time_zone: str = "UTC"
     log_retention_days: int = 30
+    # The chat playground (playground/) served by the front on the API's own origin (demoUi).
+    demo_ui: bool = False
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         c = _COMPONENT
+        require(c, "demo_ui", isinstance(self.demo_ui, bool), f"must be True or False, got {self.demo_ui!r}")
         require_text(c, "location", self.location)
         if self.vm_size in _FRACTIONAL_A10_SIZES:
             raise InvalidArgs(
@@ -529,4 +532,5 @@ class AzureVllmVm(pulumi.ComponentResource):
             tls_email=args.tls_email,
             caddy_image=args.caddy_image,
             log_retention_days=args.log_retention_days,
+            demo_ui=args.demo_ui,
         )

@@ -33,6 +33,7 @@ Works with Debian's caddy 2.6.2 and the caddy:2.10 image (the tests run it again
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 HEALTH_PATH = "/health"  # the front's health path, proxied to vLLM's /health
 METRICS_PATH = "/metrics"  # served only on the metrics listener, proxied to vLLM's /metrics
@@ -51,6 +52,7 @@ _EMAIL = re.compile(r"^[^@\s{}]+@[^@\s{}]+\.[^@\s{}]+$")
 _PAGE_DIR = re.compile(r"^/[A-Za-z0-9_./-]*$")
 # The playground's files (playground/), the only ones served from page_dir, and what the page is told.
 PAGE_FILES = ("index.html", "playground.js", "playground.css")
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "playground"
 PAGE_CONFIG_PATH = "/config.json"
 PAGE_CONFIG_BODY = '{"baseUrl": "/v1"}'
 PAGE_CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -105,6 +107,11 @@ def caddyfile(
     if metrics is not None:
         blocks.append(_metrics_site(f"http://:{metrics[1]}", metrics[0], upstream))
     return "\n\n".join(blocks) + "\n"
+
+
+def page_files() -> dict[str, str]:
+    """The playground's files by name, as the stacks ship them to the front (ConfigMap, cloud-init)."""
+    return {name: (PLAYGROUND_DIR / name).read_text() for name in PAGE_FILES}
 
 
 def _split_listen(name: str, listen: str) -> tuple[str, int]:

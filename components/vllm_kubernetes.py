@@ -57,7 +57,7 @@ from components._args import (
     require_text,
 )
 from components.gke_cluster import gcp_labels
-from components.vllm_front import CADDY_IMAGE, HEALTH_PATH, METRICS_PATH, caddyfile
+from components.vllm_front import CADDY_IMAGE, HEALTH_PATH, METRICS_PATH, caddyfile, page_files
 
 COMPONENT = "VllmKubernetes"
 HTTP_PORT = 8000  # vLLM, on the pod's loopback only
@@ -166,6 +166,8 @@ class VllmKubernetesArgs:
     scale_down_stabilization_seconds: int = 300
     # Non-root, read-only root filesystem, Pod Security "restricted"; False runs the image as built (root).
     hardened: bool = True
+    # The chat playground (playground/) served by the front on the API's own origin (demoUi).
+    demo_ui: bool = False
     namespace: str = "llm-inference"
     adapter_image: str = ADAPTER_IMAGE
     front_image: str = CADDY_IMAGE
@@ -195,6 +197,7 @@ class VllmKubernetesArgs:
         require(c, "accelerator_type", isinstance(self.accelerator_type, str) and self.accelerator_type.startswith("nvidia-"),
                 f"{self.accelerator_type!r} is not a GKE GPU type like nvidia-l4")
         require_positive(c, "cpu_request", self.cpu_request)
+        require(c, "demo_ui", isinstance(self.demo_ui, bool), f"must be True or False, got {self.demo_ui!r}")
         require(c, "memory_request_gib", self.memory_request_gib <= self.memory_limit_gib,
                 f"({self.memory_request_gib}) must not exceed memory_limit_gib ({self.memory_limit_gib})")
         require(c, "shm_size_gib", self.shm_size_gib < self.memory_limit_gib,
@@ -450,7 +453,7 @@ class VllmKubernetes(pulumi.ComponentResource):
         front_config = core.v1.ConfigMap(
             f"{name}-front-config",
             metadata={"name": FRONT_CONFIG_MAP, "namespace": ns, "labels": labels},
-            data={"Caddyfile": front_caddyfile()},
+            data=front_config_data(args.demo_ui),
             opts=in_namespace,
         )
         # A new GPU node (from zero in a regional or multi-zone pool), the ~10 GB image pull and the model
@@ -622,9 +625,16 @@ def ready_timeout(args: VllmKubernetesArgs) -> str:
     return f"{args.startup_timeout_seconds // 60 + 20}m"
 
 
-def front_caddyfile() -> str:
-    """The front's Caddyfile: the API on FRONT_PORT, /metrics on METRICS_PORT, vLLM on the pod's loopback."""
-    return caddyfile(f":{FRONT_PORT}", f"127.0.0.1:{HTTP_PORT}", metrics_listen=f":{METRICS_PORT}")
+def front_caddyfile(demo_ui: bool = False) -> str:
+    """The front's Caddyfile: the API on FRONT_PORT, /metrics on METRICS_PORT, vLLM on the pod's loopback;
+    with demo_ui the playground from the ConfigMap's mount (only its own file names are served)."""
+    return caddyfile(f":{FRONT_PORT}", f"127.0.0.1:{HTTP_PORT}", metrics_listen=f":{METRICS_PORT}",
+                     page_dir=FRONT_CONFIG_DIR if demo_ui else "")
+
+
+def front_config_data(demo_ui: bool = False) -> dict[str, str]:
+    """The front's ConfigMap: its Caddyfile, and with demo_ui the playground's files beside it."""
+    return {"Caddyfile": front_caddyfile(demo_ui), **(page_files() if demo_ui else {})}
 
 
 def _engine_probe_command() -> list[str]:
@@ -735,7 +745,8 @@ def _deployment_spec(args: VllmKubernetesArgs, labels: Mapping[str, str], select
     if args.hf_token is not None:
         volumes.append({"name": "hf-token", "secret": {"secretName": "vllm-hf-token", "defaultMode": 0o440}})  # pragma: allowlist secret (Kubernetes Secret name)
     # A changed Caddyfile rolls the pods (a ConfigMap change alone would not restart the front).
-    config_hash = hashlib.sha256(front_caddyfile().encode()).hexdigest()[:16]
+    front_data = front_config_data(args.demo_ui)
+    config_hash = hashlib.sha256("".join(front_data[key] for key in sorted(front_data)).encode()).hexdigest()[:16]
     return {
         # No replicas: the HPA owns the count, and an update must not reset it.
         "selector": {"matchLabels": dict(selector)},

@@ -178,6 +178,7 @@ def build() -> dict[str, Any]:
             auto_shutdown_time=cfg.text("autoShutdownTime", allow_empty=True),
             auto_shutdown_time_zone=cfg.text("autoShutdownTimeZone"),
             log_retention_days=cfg.integer("logRetentionDays", minimum=1),
+            demo_ui=cfg.boolean("demoUi"),  # the playground on the front's own origin
             tags=tags,
         )
         vm_args.validate()

@@ -219,6 +219,7 @@ def build() -> dict[str, Any]:
             target_waiting_requests=cfg.number("gkeTargetWaitingRequestsPerPod"),
             scale_down_stabilization_seconds=cfg.integer("gkeScaleDownStabilizationSeconds"),
             hardened=cfg.boolean("gkeHardenedPod"),
+            demo_ui=cfg.boolean("demoUi"),  # the playground on the front's own origin
             adapter_image=cfg.text("gkeMetricsAdapterImage"),
             front_image=cfg.text("caddyImage"),
             labels=tags,

@@ -124,3 +124,54 @@ def test_the_page_streams_a_reply_through_the_front_on_its_own_origin(page_front
         assert re.fullmatch(r"TTFT \d+ ms", reply["metrics"]["ttft_ms"]) and reply["metrics"]["tokens"] == "10 tokens"
         assert all(r["url"].startswith(page_front.url) for r in page.requests()), "same origin only"
         driver.save_screenshot(str(tmp_path / "playground-front.png"))
+
+
+# --- demoUi on GKE and Azure: the stacks ship the page to their front ------------------------------------
+
+
+def _page_texts() -> dict[str, str]:
+    return {name: (PLAYGROUND / name).read_text() for name in ("index.html", "playground.js", "playground.css")}
+
+
+def test_gke_ships_the_page_in_the_fronts_config_map_only_with_demo_ui(tmp_path):
+    from components.vllm_kubernetes import FRONT_CONFIG_DIR
+    from tests.components.test_vllm_front import adapt
+    from tests.pulumi_harness import run_stack
+
+    def front(run):
+        config_map = next(r for r in run.of_type("kubernetes:core/v1:ConfigMap") if "Caddyfile" in r.inputs["data"])
+        deployment = next(r for r in run.of_type("kubernetes:apps/v1:Deployment") if r.name == "vllm-deployment")
+        return config_map.inputs["data"], deployment.inputs["spec"]["template"]["metadata"]["annotations"]
+
+    off, off_annotations = front(run_stack("gcp"))
+    on, on_annotations = front(run_stack("gcp", {"demoUi": True}))
+    assert set(off) == {"Caddyfile"} and "file_server" not in off["Caddyfile"]
+    assert {k: v for k, v in on.items() if k != "Caddyfile"} == _page_texts()
+    assert f"root * {FRONT_CONFIG_DIR}" in on["Caddyfile"], "served from the ConfigMap's mount"
+    assert on_annotations["llminfer/front-config"] != off_annotations["llminfer/front-config"], "the pods roll"
+    routes = json.dumps(adapt(on["Caddyfile"], tmp_path))
+    assert '"handler": "file_server"' in routes and "playground" in routes
+
+
+def test_azure_writes_the_page_and_mounts_it_into_caddy_only_with_demo_ui():
+    import base64
+
+    import yaml
+
+    from components.azure_cloud_init import CADDYFILE, CUSTOM_DATA_LIMIT, FRONT_PAGE_DIR, PAGE_DIR
+    from tests.pulumi_harness import run_stack
+    from tests.ssh_keys import ed25519_public_key
+
+    def cloud_init(overrides):
+        run = run_stack("azure", {"sshPublicKey": ed25519_public_key(), **overrides})
+        encoded = run.one("azure-native:compute:VirtualMachine").inputs["osProfile"]["customData"]
+        assert len(encoded) <= CUSTOM_DATA_LIMIT
+        return {f["path"]: f["content"] for f in yaml.safe_load(base64.b64decode(encoded))["write_files"]}
+
+    off, on = cloud_init({}), cloud_init({"demoUi": True})
+    assert not [p for p in off if p.startswith(PAGE_DIR)] and "file_server" not in off[CADDYFILE]
+    assert {p.removeprefix(PAGE_DIR + "/"): c for p, c in on.items() if p.startswith(PAGE_DIR)} == _page_texts()
+    assert f"root * {FRONT_PAGE_DIR}" in on[CADDYFILE]
+    unit = on["/etc/systemd/system/caddy.service"]
+    assert f"-v {PAGE_DIR}:{FRONT_PAGE_DIR}:ro" in unit
+    assert f"-v {PAGE_DIR}" not in off["/etc/systemd/system/caddy.service"]
