@@ -230,3 +230,128 @@ def test_records_from_a_worker_process_arrive_whole_while_the_parent_is_busy(moc
     assert len(records) == 150 and all(r["ok"] and len(r["itl_ms"]) == 255 for r in records)
     assert sorted(r["id"] for r in records) == list(range(150))
     assert sum(len(json.dumps(m)) for _, m in messages) > 2 * 212_992
+
+
+# ------------------------------------------------------------------ in-thread worker (mutation testing)
+# The worker's code runs in this process with --workers 0, so mutmut sees which tests reach it.
+
+
+def test_an_in_thread_worker_runs_levels_batches_records_and_reports_each_level(mock_server, tmp_path):
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    cfg = config(server.url, tmp_path, concurrency=(2,), requests=5, workers=0)
+    pool = WorkerPool(0, {**cfg.worker_config("t"), "flush_interval_s": 0.01})
+    assert (pool.in_thread, pool.size) == (True, 1)
+    try:
+        pool.start()
+        spec = split_level(cfg, cfg.levels()[0], 1, 0)[0]
+        pool.start_level([spec])
+        messages = collect(pool, lambda msgs: any(m["t"] == "level_done" for _, m in msgs))
+        kinds = [m["t"] for _, m in messages]
+        assert kinds[-1] == "level_done" and set(kinds[:-1]) == {"records"}
+        done = messages[-1][1]
+        assert (done["level"], done["sent"]) == (0, 5) and 0 <= done["cpu_s"] < 30
+        records = [r for _, m in messages[:-1] for r in m["records"]]
+        assert sorted(r["id"] for r in records) == [0, 1, 2, 3, 4] and all(r["ok"] for r in records)
+        # A share with nothing to send still answers, with nothing sent.
+        for changes in ({"level": 3, "requests": 0, "warmup": 0}, {"level": 4, "concurrency": 0}):
+            pool.start_level([type(spec)(**{**asdict(spec), **changes})])
+            ((w, done),) = collect(pool, lambda msgs: any(m["t"] == "level_done" for _, m in msgs))
+            assert (w, done["t"], done["level"], done["sent"]) == (0, "level_done", changes["level"], 0)
+        assert server.state.count == 5
+    finally:
+        pool.close()
+    assert not pool._handles[0].is_alive()  # exit ends the worker's thread
+
+
+def test_stop_ends_a_level_early_and_the_worker_still_reports_it(mock_server, tmp_path):
+    server = mock_server(ttft_ms=2000, itl_ms=1)  # replies that would take 2 s each
+    cfg = config(server.url, tmp_path, concurrency=(2,), requests=50, workers=0)
+    pool = WorkerPool(0, cfg.worker_config("t"))
+    try:
+        pool.start()
+        pool.start_level(split_level(cfg, cfg.levels()[0], 1, 0))
+        deadline = time.monotonic() + 10
+        while server.state.in_flight < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pool.broadcast({"cmd": "stop"})
+        messages = collect(pool, lambda msgs: any(m["t"] == "level_done" for _, m in msgs), timeout_s=1.5)
+        (done,) = [m for _, m in messages if m["t"] == "level_done"]
+        assert done["sent"] == 2  # the two in flight were cancelled, and nothing else was sent
+        assert not [m for _, m in messages if m["t"] == "records" and m["records"]]
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_cannot_build_its_prompts_is_a_start_error(tmp_path):
+    cfg = config("http://127.0.0.1:9", tmp_path, workers=0).worker_config("t")
+    cfg["prompts"] = {**cfg["prompts"], "kind": "dataset", "path": str(tmp_path / "missing.json")}
+    pool = WorkerPool(0, cfg)
+    try:
+        with pytest.raises(Exception) as raised:
+            pool.start(timeout_s=20)
+        assert type(raised.value).__name__ == "WorkerError" and "missing.json" in str(raised.value)
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_never_answers_is_a_start_timeout(tmp_path):
+    from bench.workers import WorkerError
+
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    pool._handles = [threading.Thread(target=lambda: None)]  # a worker that never says it is ready
+    try:
+        with pytest.raises(WorkerError, match=r"^1 worker\(s\) did not start within 0.2s$"):
+            pool.start(timeout_s=0.2)
+    finally:
+        pool.close()
+
+
+def test_uvloop_asked_for_and_missing_is_a_fatal_message(tmp_path, monkeypatch):
+    import builtins
+
+    from bench.workers import WorkerError
+
+    real_import = builtins.__import__
+
+    def no_uvloop(name, *args, **kwargs):
+        if name == "uvloop":
+            raise ImportError("no uvloop")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_uvloop)
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path, loop="uvloop").worker_config("t"))
+    try:
+        with pytest.raises(WorkerError, match="^--loop uvloop: uvloop is not installed$"):
+            pool.start(timeout_s=20)
+    finally:
+        pool.close()
+    # "auto" falls back to asyncio's own loop instead.
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path, loop="auto").worker_config("t"))
+    try:
+        pool.start(timeout_s=20)
+    finally:
+        pool.close()
+
+
+def test_the_sender_writes_every_message_in_order_and_stops_quietly_when_the_parent_is_gone():
+    import multiprocessing
+
+    import orjson
+
+    from bench.workers import _Sender
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    sender = _Sender(writer)
+    for n in range(100):
+        sender.send({"n": n})
+    sender.close(timeout_s=10)
+    assert [orjson.loads(reader.recv_bytes())["n"] for _ in range(100)] == list(range(100))
+    assert not sender._thread.is_alive()
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    reader.close()  # the parent is gone
+    sender = _Sender(writer)
+    sender.send({"n": 1})
+    sender.send({"n": 2})
+    sender.close(timeout_s=10)
+    assert sender._broken and not sender._thread.is_alive()
