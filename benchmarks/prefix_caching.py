@@ -34,6 +34,8 @@ def bench_once(url: str, out: Path, opts: argparse.Namespace) -> dict:
         "--warmup", str(opts.groups), "--workers", "1", "--no-progress", "--no-charts", "--timeout", "600s",
         "--out", str(out),
     ]
+    if opts.tokenizer:
+        cmd += ["--tokenizer", str(opts.tokenizer)]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "summary.json").read_text())
 
@@ -43,6 +45,8 @@ def run(opts: argparse.Namespace) -> dict:
 
     results = {}
     for name, flag in (("on", "--enable-prefix-caching"), ("off", "--no-enable-prefix-caching")):
+        if opts.only not in (None, name):
+            continue
         args = ["--model", MODEL, "--max-model-len", str(opts.max_model_len), flag]
         with VllmServer.from_arguments(args, opts.out / "logs" / f"vllm-{name}.log", kv_cache_gib=opts.kv_cache_gib) as server:
             summary = bench_once(server.base_url + "/v1", opts.out / f"caching-{name}", opts)
@@ -67,7 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kv-cache-gib", type=int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "prefix-caching")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--only", choices=("on", "off"), help="run one of the two")
+    p.add_argument("--tokenizer", help="a tokenizer.json for exact prompt lengths; `model` = the local model's")
     opts = p.parse_args(argv)
+    if opts.tokenizer == "model":
+        from local.hf_model import ensure_hf_model
+        from local.vllm_engine import vllm_python
+
+        opts.tokenizer = ensure_hf_model(vllm_python()) / "tokenizer.json"
     opts.out.mkdir(parents=True, exist_ok=True)
     results = run(opts)
     print(f"vLLM CPU, {opts.groups} shared prefixes of {opts.prefix_tokens} tokens + {opts.prompt_tokens} unique, "
@@ -76,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         t = r["ttft_ms"]
         print(f"prefix caching {name:>3}: TTFT p50 {t['p50']:.1f} ms  p95 {t['p95']:.1f} ms  "
               f"({r['succeeded']}/{r['requests']} ok, server prompt tokens {r['prompt_tokens_check']})")
-    on, off = results["on"]["ttft_ms"]["p50"], results["off"]["ttft_ms"]["p50"]
-    print(f"TTFT p50 off/on: {off / on:.2f}x")
+    if len(results) == 2:
+        on, off = results["on"]["ttft_ms"]["p50"], results["off"]["ttft_ms"]["p50"]
+        print(f"TTFT p50 off/on: {off / on:.2f}x")
     if opts.json:
         opts.json.write_text(json.dumps({"options": {k: str(v) for k, v in vars(opts).items()}, "results": results}, indent=2))
     return 0
