@@ -1,7 +1,8 @@
 """`python -m bench URL [flags]` and its subcommands: compare, mock-server, plan, recommend.
 
 Exit codes: 0 done; 1 every request failed (or a worker crashed); 2 bad arguments or input (one line on
-stderr); 3 stopped by --max-error-rate; 130 interrupted (partial results written).
+stderr); 3 stopped by --max-error-rate; 4 over 1% of a level's requests failed (--allow-errors: 0);
+5 a level was invalid, the client the bottleneck (only with --strict); 130 interrupted (partial results written).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ def build_parser() -> ArgParser:
     load.add_argument("--warmup", type=int, help="unmeasured requests first (default: one per concurrency slot)")
     load.add_argument("--workers", type=int, default=1, help="load processes (default 1; 0 = in this process)")
     load.add_argument("--max-error-rate", help="stop when more than this fraction fails, e.g. 0.2 or 20%%")
+    load.add_argument("--allow-errors", action="store_true",
+                      help="exit 0 even when over 1%% of a level's requests failed (exit 4 otherwise); "
+                      "they are still counted and warned about")
+    load.add_argument("--strict", action="store_true",
+                      help="exit 5 when a level is invalid: the client (lag, send delay, CPU) was the bottleneck")
 
     prompts = p.add_argument_group("prompts")
     prompts.add_argument("--prompt-tokens", default="128",
@@ -284,6 +290,8 @@ def config_from_args(args: argparse.Namespace, env_key=None) -> BenchConfig:
         include_usage=not args.no_usage,
         allow_buffered=args.allow_buffered,
         max_error_rate=max_error_rate,
+        allow_errors=args.allow_errors,
+        strict=args.strict,
         seed=args.seed,
         stamping="task" if args.http2 else args.stamping,
         loop=args.loop,

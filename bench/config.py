@@ -61,6 +61,8 @@ class BenchConfig:
     include_usage: bool = True
     allow_buffered: bool = False
     max_error_rate: float | None = None
+    allow_errors: bool = False  # exit 0 even past stats.ERROR_SHARE_LIMIT failures (still counted, warned)
+    strict: bool = False  # exit non-zero when a level is invalid (the client was the bottleneck)
     seed: int = 0
     stamping: str = "protocol"
     loop: str = "auto"
@@ -207,6 +209,8 @@ class BenchConfig:
             "include_usage": self.include_usage,
             "allow_buffered": self.allow_buffered,
             "max_error_rate": self.max_error_rate,
+            "allow_errors": self.allow_errors,
+            "strict": self.strict,
             "search": None if self.search is None else {
                 "kind": self.search.kind, "slo": self.search.slo.public(), "precision": self.search.precision,
                 "start": self.search.start, "lower": self.search.lower, "upper": self.search.upper,

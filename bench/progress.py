@@ -92,6 +92,10 @@ class Display:
             )
             for warning in s["warnings"]:
                 self.err.print(f"[yellow]  warning:[/] {warning}")
+            for why in s.get("why", []):
+                self.err.print(f"[red]  invalid level:[/] {why}")
+            if s["failed"] and s["ttft_ms_all"]["n"]:
+                self.err.print("  with failures as infinitely slow: TTFT " + format_all(s["ttft_ms_all"]) + " ms")
 
     def note(self, text: str) -> None:
         """One line after a level (server metrics, or why there are none)."""
@@ -125,6 +129,21 @@ class Display:
         self.err.print(f"results in {out_dir}/ (summary.json, requests.jsonl, report.md){note}")
         if exit_code == 1 and status != "worker_error":
             self.err.print("[red]every request failed[/]: see the errors above and requests.jsonl")
+        from bench.runner import EXIT_ERRORS, EXIT_INVALID
+        from bench.stats import ERROR_SHARE_LIMIT
+
+        if exit_code == EXIT_ERRORS:
+            self.err.print(
+                f"[red]exit {EXIT_ERRORS}[/]: over {ERROR_SHARE_LIMIT:.0%} of a level's requests failed (see the "
+                "warnings above); --allow-errors accepts them"
+            )
+        if exit_code == EXIT_INVALID:
+            self.err.print(f"[red]exit {EXIT_INVALID}[/] (--strict): a level is invalid, the client was the bottleneck")
+
+
+def format_all(dist: dict) -> str:
+    """Error-inclusive percentiles, a failed one as "failed": 'p50 812.0  p90 1204.5  p95 failed  p99 failed'."""
+    return "  ".join(f"{k} {'failed' if dist[k] is None else format(dist[k], '.1f')}" for k in ("p50", "p90", "p95", "p99"))
 
 
 def summary_table(summary: dict) -> Table:
@@ -138,6 +157,8 @@ def summary_table(summary: dict) -> Table:
         table.add_column(header, justify="right")
     for lv in summary["levels"]:
         label = f"c={lv['concurrency']}" if lv["rate"] is None else f"{lv['rate']:g}/s"
+        if lv.get("valid") is False:
+            label += " (invalid)"  # the client was the bottleneck: `why` in the warnings and summary.json
         cost = lv.get("cost_per_1m_tokens_usd")
         table.add_row(
             label,

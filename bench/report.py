@@ -150,6 +150,9 @@ def render_report(summary: dict, charts: list[Path]) -> str:
         "",
     ]
     lines += break_even_lines(summary)
+    from bench.trust import report_lines as trust_lines
+
+    lines += trust_lines(summary)
     from bench.search import report_lines as search_lines
 
     lines += search_lines(summary)

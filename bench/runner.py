@@ -34,6 +34,8 @@ MIN_REQUESTS_FOR_ERROR_RATE = 20
 DRAIN_TIMEOUT_S = 15.0
 LEVEL_START_DELAY_S = 0.05  # from handing out a level to its first request, so every worker starts together
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_RATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# A level's failures past stats.ERROR_SHARE_LIMIT (unless --allow-errors); an invalid level with --strict.
+EXIT_ERRORS, EXIT_INVALID = 4, 5
 
 
 @dataclass
@@ -128,7 +130,7 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
                 summary["search"] = plan.result()
             write_json(out / "summary.json", summary)
             if level_status == "max_error_rate" and plan is not None:
-                continue  # that probe missed the SLO; the search goes on below it
+                pass  # that probe missed the SLO; the search goes on below it
             if level_status != "complete":
                 status = level_status
                 break
@@ -163,10 +165,10 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
             summary["status"] = status
             summary["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             write_json(out / "summary.json", summary)
-    return RunResult(summary, _exit_code(summary, status), out)
+    return RunResult(summary, _exit_code(summary, status, cfg), out)
 
 
-def _exit_code(summary: dict, status: str) -> int:
+def _exit_code(summary: dict, status: str, cfg: BenchConfig | None = None) -> int:
     if status == "interrupted":
         return EXIT_INTERRUPTED
     total = sum(lv["requests"] for lv in summary["levels"])
@@ -175,11 +177,22 @@ def _exit_code(summary: dict, status: str) -> int:
         return EXIT_FAILED
     if status == "max_error_rate":
         return EXIT_ERROR_RATE
+    from bench.stats import ERROR_SHARE_LIMIT
+
+    # A search's probes past the breaking point fail by design; the search applies its own error limit.
+    judged = cfg is None or cfg.search is None
+    if judged and not (cfg is not None and cfg.allow_errors) and any(
+        lv.get("error_share", 0) > ERROR_SHARE_LIMIT for lv in summary["levels"]
+    ):
+        return EXIT_ERRORS
+    if cfg is not None and cfg.strict and any(lv.get("valid") is False for lv in summary["levels"]):
+        return EXIT_INVALID
     return EXIT_OK
 
 
 def _run_level(cfg: BenchConfig, level: Level, pool: WorkerPool, log: RequestLog, display, current=None):
     stats = WorkloadLevelStats(level.index, level.concurrency, level.rate, cfg.slo, cfg.total_price_per_hour)
+    stats.client_processes = pool.size  # for the client CPU share (stats.CLIENT_CPU_LIMIT)
     if current is not None:
         current.append(stats)
     start_at = perf_counter_ns() + int(LEVEL_START_DELAY_S * 1e9)  # every worker starts at the same instant

@@ -28,6 +28,7 @@ LEVEL_KEYS = {
     "cost_per_1k_tokens_usd", "cost_per_1m_tokens_usd", "client_send_delay_ms", "retried",
     "server_ttft_ms", "gateway_share_ttft_ms",
     "warmup_requests", "client_cpu_s", "client_cpu_ms_per_request", "stopped_early", "warnings",
+    "ttft_ms_all", "e2e_ms_all", "throttled", "error_share", "valid", "why", "client_cpu_share",  # bench.stats
     "start_unix_s", "prompt_tokens_check",  # bench.workload_stats (shards' time line; requested vs counted)
     "server_metrics",  # bench.server_metrics: the mock serves /metrics
 }  # fmt: skip
@@ -76,8 +77,9 @@ def test_fault_mix_at_two_levels(tmp_path, mock_server):
     server = mock_server(ttft_ms=5, itl_ms=10, faults=faults)
     out = tmp_path / "run"
     code = run_bench(server.url, out, "--model", "mock-model", "--concurrency", "2,4", "--requests", "16",
-                     "--timeout", "500ms", "--slo-ttft-ms", str(SLO_TTFT_MS), "--price-per-hour", "3.6")
-    assert code == 0  # failures are counted; the run goes on through every level
+                     "--timeout", "500ms", "--slo-ttft-ms", str(SLO_TTFT_MS), "--price-per-hour", "3.6",
+                     "--allow-errors")
+    assert code == 0  # failures are counted; the run goes on through every level (exit 4 without the flag)
     summary, records = read_run(out)
     assert set(summary) == TOP_KEYS and summary["status"] == "complete"
     assert summary["config"]["slo"]["ttft_ms"] == SLO_TTFT_MS

@@ -170,6 +170,11 @@ def test_level_summary_in_full_on_a_literal_level():
         "itl_ms": dist(45.0, 45.0, 50.0, 50.0, 50.0, 50, 40, 10),
         "tpot_ms": dist(190.0, 45.0, 393.0, 436.5, 471.3, 480.0, 45.0, 3),
         "e2e_ms": dist(546.667, 540.0, 588.0, 594.0, 598.8, 600, 500, 3),
+        # Failures as infinitely slow: of 5, rank 2 (p50) is the slowest success, ranks past 2 fail.
+        "ttft_ms_all": {"p50": 150.0, "p90": None, "p95": None, "p99": None, "n": 5, "failed": 2},
+        "e2e_ms_all": {"p50": 600.0, "p90": None, "p95": None, "p99": None, "n": 5, "failed": 2},
+        "throttled": {"count": 1, "share": 0.2}, "error_share": 0.4,
+        "valid": True, "why": [],  # 5 requests: too few to judge the client
         "goodput_rps": 0.8, "slo_attainment": 0.4,
         "cost_per_1k_tokens_usd": 0.104167, "cost_per_1m_tokens_usd": 104.1667,
         "client_lag_ms": dist(0.14, 0.1, 0.2, 0.2, 0.2, 0.2, 0.1, 5),
@@ -177,8 +182,15 @@ def test_level_summary_in_full_on_a_literal_level():
         "retried": 1,
         "server_ttft_ms": dist(40.0, 40.0, 40.0, 40.0, 40.0, 40, 40, 1),
         "gateway_share_ttft_ms": dist(10.0, 10.0, 10.0, 10.0, 10.0, 10, 10, 1),
-        "warmup_requests": 1, "client_cpu_s": 0.6, "client_cpu_ms_per_request": 100.0, "stopped_early": None,
-        "warnings": ["output tokens are counted as content chunks for some/all replies (no `usage` from the "
+        "warmup_requests": 1, "client_cpu_s": 0.6, "client_cpu_share": 0.24,
+        "client_cpu_ms_per_request": 100.0, "stopped_early": None,
+        "warnings": ["throttled: 1 of 5 requests (20.0%) got HTTP 429, the gateway's usage plan limit (aws "
+                     "stack: 10 req/s, burst 20 by default), not the model's capacity; for a capacity run "
+                     "raise it: pulumi config set llm-inference:gatewayRateLimit <req/s> and "
+                     "llm-inference:gatewayBurstLimit <n> (docs/bench.md)",
+                     "errors: 2 of 5 requests failed (40.0%, over 1%): the success-only percentiles leave "
+                     "them out; see *_all for the error-inclusive ones",
+                     "output tokens are counted as content chunks for some/all replies (no `usage` from the "
                      "server); throughput and TPOT are only exact if each chunk carries one token"],
     }
 
