@@ -11,10 +11,13 @@ the planner predicted against what was measured.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
+import shutil
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +169,10 @@ class Recommendation:
             "target_waiting_requests_per_instance": self.waiting_requests,
             "formula": {
                 "target_waiting_requests_per_instance": "max(1, floor(server's mean waiting requests x (1 - headroom)))",
-                "target_tokens_per_minute_per_instance": "floor(output tok/s per instance x 60 x (1 - headroom))",
-                "target_tokens_per_second_per_instance": "floor(output tok/s per instance x (1 - headroom))",
+                "target_tokens_per_minute_per_instance":
+                    "output tok/s per instance x 60 x (1 - headroom), rounded down to 2 significant figures",
+                "target_tokens_per_second_per_instance":
+                    "output tok/s per instance x (1 - headroom), rounded down to 2 significant figures",
                 "target_concurrent_requests_per_instance": "max(1, floor(concurrency per instance x (1 - headroom)))",
             },
             "pulumi_config": self.config_lines(),
@@ -281,6 +286,64 @@ def _cloud_of(stack: str | None, url: str | None) -> str | None:
     return None
 
 
+def significant_floor(value: float, digits: int = 2) -> int:
+    """`value` rounded down to `digits` significant figures (48,480 -> 48,000; 808 -> 800; 19 -> 19): a run's
+    noise is larger than the last digits, and rounding down keeps the headroom."""
+    if value < 10 ** digits:
+        return int(value)
+    scale = 10 ** (int(math.log10(value)) + 1 - digits)
+    return int(value // scale * scale)
+
+
+def _is_local(url: str) -> bool:
+    host = urlparse(url or "").hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def _normal_url(url: str | None) -> str:
+    return (url or "").rstrip("/").removesuffix("/chat/completions")
+
+
+def pulumi_stack_url(stack: str) -> str | None:
+    """The stack's `url` output (`pulumi stack output url -s STACK`), or None when it cannot be read."""
+    exe = shutil.which("pulumi")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "stack", "output", "url", "-s", stack], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def check_target(run_url: str | None, run_stack: str | None, stack: str, stack_url: str | None) -> str | None:
+    """Why the run's figures are not stack `stack`'s (None when they are, or a note when that cannot be read).
+
+    Raises RecommendError when the run measured another endpoint: a local CPU run's capacity turned into a
+    cloud stack's autoscaling target would set it off by orders of magnitude."""
+    run_url = _normal_url(run_url)
+    fix = (f"bench the stack itself (`python -m bench --stack {stack}`) and recommend from that run, or pass "
+           "--any-target to take these figures anyway")
+    if stack_url is not None and run_url != _normal_url(stack_url):
+        where = "a local endpoint" if _is_local(run_url) else "another endpoint"
+        raise RecommendError(f"the run measured {run_url or '?'} ({where}), not stack {stack}'s url {stack_url}: "
+                             f"its capacity is not that stack's; {fix}")
+    if stack_url is None:
+        if _is_local(run_url):
+            raise RecommendError(f"the run measured {run_url} (a local endpoint), not stack {stack}: {fix}")
+        if run_stack != stack:
+            raise RecommendError(f"the run measured {run_url or '?'} without --stack {stack}, and the stack's url "
+                                 f"could not be read to compare (pass --stack-url URL): {fix}")
+        return f"the stack's url could not be read; trusting the run's --stack {stack} for its target {run_url}"
+    return None
+
+
 def _instance_from(config: Mapping[str, Any]) -> str | None:
     source = str(config.get("price_source") or "")
     if source.startswith("catalog "):
@@ -301,7 +364,12 @@ def recommend(
     quantization: str | None = None,
     prompt_tokens: int | None = None,
     engine: planner.Engine | None = None,
+    stack_url: str | None = None,
+    read_stack_url: Callable[[str], str | None] | None = None,
+    any_target: bool = False,
 ) -> Recommendation:
+    """`stack_url` (or `read_stack_url(stack)`) is the stack's `url` output, checked against the run's target;
+    `any_target` turns a mismatch into a loud note instead of a refusal."""
     path, summary = load_summary(results)
     config = summary.get("config") if isinstance(summary.get("config"), Mapping) else {}
     target = summary.get("target") if isinstance(summary.get("target"), Mapping) else {}
@@ -319,7 +387,20 @@ def recommend(
     count = instance_count or int(config.get("instance_count") or 1)
     if count < 1:
         raise RecommendError(f"instance count must be >= 1, got {count}")
-    stack = stack or config.get("stack") or None
+    run_stack = config.get("stack") or None
+    stack = stack or run_stack
+    target_notes: list[str] = []
+    if stack is not None:
+        if stack_url is None and read_stack_url is not None:
+            stack_url = read_stack_url(stack)
+        try:
+            note = check_target(target.get("url") or config.get("url"), run_stack, stack, stack_url)
+        except RecommendError as err:
+            if not any_target:
+                raise
+            note = f"WARNING, --any-target: {err}"
+        if note:
+            target_notes.append(note)
     cloud = cloud or _cloud_of(stack, target.get("url") or config.get("url"))
     if cloud is not None and cloud not in AUTOSCALING_KEYS:
         raise RecommendError(f"--cloud {cloud!r} is not one of: {', '.join(AUTOSCALING_KEYS)}")
@@ -331,15 +412,15 @@ def recommend(
     fixed_prompt = prompt_tokens or (int(configured_prompt) if configured_prompt.isdigit() else None)
 
     levels = [judge_level(i, lv, slo, count, fixed_prompt) for i, lv in enumerate(summary["levels"])]
-    notes: list[str] = []
+    notes: list[str] = target_notes
     plan_note = _predict(levels, model, quantization, instance, engine)
 
     passing = [lv for lv in levels if lv.met]
     chosen = max(passing, key=lambda lv: lv.tokens_per_s) if passing else None
     tokens_per_minute = tokens_per_second = concurrent = waiting = None
     if chosen is not None:
-        tokens_per_minute = int(chosen.tokens_per_s * 60 * (1 - headroom))
-        tokens_per_second = int(chosen.tokens_per_s * (1 - headroom))
+        tokens_per_minute = significant_floor(chosen.tokens_per_s * 60 * (1 - headroom))
+        tokens_per_second = significant_floor(chosen.tokens_per_s * (1 - headroom))
         concurrent = max(1, int(chosen.concurrency * (1 - headroom)))
         if chosen.waiting is not None:
             # One /metrics answer is one pod's queue: per pod as measured, whatever the instance count.
@@ -456,6 +537,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=planner._arg_positive_int, default=planner.Engine.max_batch_size)
     p.add_argument("--gpu-memory-utilization", type=planner._arg_fraction,
                    default=planner.Engine.gpu_memory_utilization)
+    p.add_argument("--stack-url", help="the stack's url output (default: read with `pulumi stack output url`)")
+    p.add_argument("--any-target", action="store_true",
+                   help="recommend even when the run did not measure the stack's url (a loud note instead of exit 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
@@ -500,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_batch_size=args.max_batch_size,
                 gpu_memory_utilization=args.gpu_memory_utilization,
             ),
+            stack_url=args.stack_url,
+            read_stack_url=pulumi_stack_url,
+            any_target=args.any_target,
         )
     except (KeyError, ValueError) as err:
         print(f"python -m bench recommend: error: {err}", file=sys.stderr)
@@ -555,12 +642,13 @@ def render(rec: Recommendation, console: Any = None) -> None:
     lv = rec.chosen
     console.print(
         f"\nHighest load meeting the SLO: [bold]{lv.label}[/bold] = {lv.tokens_per_s:,.0f} output tok/s and "
-        f"{lv.concurrency:.3g} concurrent requests per instance"
+        f"{lv.concurrency:.1f} concurrent requests per instance"
     )
     console.print(
         f"Target with {rec.headroom:.0%} headroom: [bold]{rec.tokens_per_minute:,}[/bold] tokens/min "
-        f"({lv.tokens_per_s:,.1f} x 60 x {1 - rec.headroom:g}) = {rec.tokens_per_second:,} tokens/s, and "
-        f"[bold]{rec.concurrent_requests}[/bold] concurrent requests, per instance"
+        f"({lv.tokens_per_s:,.0f} x 60 x {1 - rec.headroom:g}, rounded down to 2 significant figures) = "
+        f"{rec.tokens_per_second:,} tokens/s, and [bold]{rec.concurrent_requests}[/bold] concurrent requests, "
+        "per instance"
     )
     if rec.waiting_requests is not None:
         console.print(
@@ -583,7 +671,9 @@ def render(rec: Recommendation, console: Any = None) -> None:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.0f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.1f}" if abs(value) < 10 else f"{value:,.0f}"  # a 0.9 ms TPOT is not "1"
 
 
 if __name__ == "__main__":

@@ -79,10 +79,10 @@ def test_highest_load_meeting_the_slo_becomes_the_target(tmp_path):
     rec = recommend.recommend(write(tmp_path), recommend.SloTargets(e2e_ms=2000))
     assert [lv.met for lv in rec.levels] == [True, True, True, False]
     assert rec.chosen.label == "c=24"
-    assert rec.tokens_per_minute == int(1010.0 * 60 * 0.8) == 48480
+    assert rec.tokens_per_minute == 48000  # 1,010 x 60 x 0.8 = 48,480, rounded down to 2 significant figures
     assert rec.concurrent_requests == int(24 * 0.8) == 19
     assert rec.config_lines() == [
-        "pulumi config set llm-inference:targetTokensPerMinutePerInstance 48480 -s aws",
+        "pulumi config set llm-inference:targetTokensPerMinutePerInstance 48000 -s aws",
         "pulumi config set llm-inference:targetConcurrentRequestsPerInstance 19 -s aws",
     ]
     assert rec.levels[3].misses == ["E2E p95 4,400 > 2000 ms"]
@@ -93,7 +93,7 @@ def test_percentile_headroom_and_every_slo_count(tmp_path):
     # At p50, c=32 meets the E2E limit (3,080 <= 3,500 ms) but misses the TTFT one (1,560 > 1,000 ms).
     rec = recommend.recommend(results, recommend.SloTargets(ttft_ms=1000, e2e_ms=3500, percentile="p50"), headroom=0.1)
     assert rec.chosen.label == "c=24" and rec.levels[3].misses == ["TTFT p50 1,560 > 1000 ms"]
-    assert rec.tokens_per_minute == int(1010 * 60 * 0.9)
+    assert rec.tokens_per_minute == 54000  # 54,540
     tight = recommend.recommend(results, recommend.SloTargets(tpot_ms=16))
     assert tight.chosen.label == "c=12"
 
@@ -120,7 +120,7 @@ def test_open_loop_levels_use_littles_law_for_concurrency(tmp_path):
 def test_several_instances_divide_into_per_instance_figures(tmp_path):
     rec = recommend.recommend(write(tmp_path, instance_count=2), recommend.SloTargets(e2e_ms=2000))
     assert rec.chosen.tokens_per_s == pytest.approx(505.0)
-    assert rec.tokens_per_minute == int(505.0 * 60 * 0.8)
+    assert rec.tokens_per_minute == 24000  # 24,240
     assert rec.concurrent_requests == int(12 * 0.8)
     assert any("divide the endpoint's by 2 instances" in note for note in rec.notes)
 
@@ -157,18 +157,76 @@ def test_stack_and_cloud_resolution(tmp_path):
     rec = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000))
     assert rec.cloud == "aws" and rec.stack is None and rec.config_lines() == []  # cloud from the URL, no stack
     assert any("pass --stack NAME" in note for note in rec.notes)
-    prod = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack="prod-us", cloud="aws")
+    prod = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack="prod-us", cloud="aws",
+                               stack_url="https://abc123.execute-api.us-east-1.amazonaws.com/prod/v1/")
     assert prod.config_lines()[0].endswith(" -s prod-us")
+
+
+# --------------------------------------------------------------------- the run measured the stack's url
+
+AWS_URL = "https://abc123.execute-api.us-east-1.amazonaws.com/prod/v1"
+
+
+def with_target(tmp_path, url, **config):
+    results = write(tmp_path, **config)
+    summary = json.loads((results / "summary.json").read_text())
+    summary["target"]["url"] = url
+    (results / "summary.json").write_text(json.dumps(summary))
+    return results
+
+
+def test_a_local_run_is_refused_as_a_stacks_capacity(tmp_path):
+    results = with_target(tmp_path, "http://127.0.0.1:8000/v1", stack=None)
+    with pytest.raises(recommend.RecommendError) as err:
+        recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack="aws", stack_url=AWS_URL)
+    assert str(err.value).startswith(f"the run measured http://127.0.0.1:8000/v1 (a local endpoint), not stack aws's url "
+                                     f"{AWS_URL}: its capacity is not that stack's; bench the stack itself "
+                                     "(`python -m bench --stack aws`)")
+    # Even when the stack's url cannot be read, a local target is not a cloud stack's.
+    with pytest.raises(recommend.RecommendError, match="a local endpoint"):
+        recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack="aws", read_stack_url=lambda s: None)
+
+
+def test_another_endpoint_is_refused_and_any_target_makes_it_a_loud_note(tmp_path):
+    results = with_target(tmp_path, "https://other.execute-api.eu-west-1.amazonaws.com/prod/v1")
+    asked = []
+    with pytest.raises(recommend.RecommendError, match=r"\(another endpoint\), not stack aws.s url"):
+        recommend.recommend(results, recommend.SloTargets(e2e_ms=2000),
+                            read_stack_url=lambda stack: asked.append(stack) or AWS_URL)
+    assert asked == ["aws"]  # the run's own --stack, looked up
+    rec = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack_url=AWS_URL, any_target=True)
+    assert rec.notes[0].startswith("WARNING, --any-target: the run measured https://other.")
+    assert rec.config_lines()  # the user asked for it
+
+
+def test_the_stacks_own_url_passes_and_an_unreadable_one_trusts_the_runs_stack(tmp_path):
+    results = with_target(tmp_path, AWS_URL + "/chat/completions")
+    rec = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), stack_url=AWS_URL + "/")
+    assert not any("measured" in note for note in rec.notes)
+    rec = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000), read_stack_url=lambda s: None)
+    assert rec.notes[0] == f"the stack's url could not be read; trusting the run's --stack aws for its target {AWS_URL}"
+
+
+def test_cli_refuses_a_mismatched_target_with_exit_2(tmp_path, capsys):
+    results = with_target(tmp_path, "http://localhost:8000/v1")
+    assert recommend.main([str(results), "--slo-e2e-ms", "2000", "--stack-url", AWS_URL]) == 2
+    assert "(a local endpoint), not stack aws's url" in capsys.readouterr().err
+    assert recommend.main([str(results), "--slo-e2e-ms", "2000", "--stack-url", AWS_URL, "--any-target"]) == 0
+
+
+def test_targets_are_rounded_down_to_two_significant_figures():
+    assert [recommend.significant_floor(v) for v in (48480.9, 808.0, 99.9, 19.7, 0.4, 100.0, 1999.0)] == [
+        48000, 800, 99, 19, 0, 100, 1900]
 
 
 def test_gcp_gets_tokens_per_second_per_pod_and_azure_no_line(tmp_path):
     results = write(tmp_path, stack="gcp", price_source="catalog g2-standard-8")
     gcp = recommend.recommend(results, recommend.SloTargets(e2e_ms=2000))
-    assert gcp.instance == "g2-standard-8" and gcp.tokens_per_second == int(1010 * 0.8)
-    assert gcp.config_lines() == ["pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 808 -s gcp"]
+    assert gcp.instance == "g2-standard-8" and gcp.tokens_per_second == 800  # 808
+    assert gcp.config_lines() == ["pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 800 -s gcp"]
     azure = recommend.recommend(write(tmp_path, stack="azure", price_source=None), recommend.SloTargets(e2e_ms=2000))
     assert azure.instance == "Standard_NV36adms_A10_v5"  # the stack's default size
-    assert azure.config_lines() == [] and azure.tokens_per_minute == 48480
+    assert azure.config_lines() == [] and azure.tokens_per_minute == 48000
     assert any("one VM without an autoscaler" in note for note in azure.notes)
 
 
@@ -182,7 +240,7 @@ def test_autoscaling_keys_exist_in_pulumi_yaml():
 def test_cli_prints_the_config_lines_and_predicted_vs_measured(tmp_path, capsys):
     assert recommend.main([str(write(tmp_path)), "--slo-e2e-ms", "2000"]) == 0
     out = capsys.readouterr().out
-    assert "pulumi config set llm-inference:targetTokensPerMinutePerInstance 48480 -s aws" in out
+    assert "pulumi config set llm-inference:targetTokensPerMinutePerInstance 48000 -s aws" in out
     assert "pulumi config set llm-inference:targetConcurrentRequestsPerInstance 19 -s aws" in out
     assert "pred. tok/s" in out and "met, chosen" in out and "of the roofline" in out
 
@@ -191,7 +249,7 @@ def test_cli_json(tmp_path, capsys):
     assert recommend.main([str(write(tmp_path)), "--slo-ttft-ms", "800", "--headroom", "25%", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["chosen_level"] == 2 and out["headroom"] == 0.25
-    assert out["target_tokens_per_minute_per_instance"] == int(1010 * 60 * 0.75)
+    assert out["target_tokens_per_minute_per_instance"] == 45000  # 45,450
     assert out["levels"][3]["met_slo"] is False and "predicted" in out["levels"][0]
     assert out["pulumi_config"][0].startswith("pulumi config set llm-inference:targetTokensPerMinutePerInstance")
 
@@ -257,7 +315,7 @@ def test_gke_queue_target_from_the_servers_waiting_requests_at_the_chosen_level(
     assert rec.chosen.label == "c=24" and rec.chosen.waiting == 6.3
     assert rec.waiting_requests == int(6.3 * 0.8) == 5  # the chosen level's mean queue, not the heaviest's
     assert rec.config_lines() == [
-        "pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 808 -s gcp",
+        "pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 800 -s gcp",
         "pulumi config set llm-inference:gkeTargetWaitingRequestsPerPod 5 -s gcp",
     ]
     out = rec.to_dict()
@@ -280,7 +338,7 @@ def test_aws_lines_unchanged_and_no_queue_line_without_server_metrics(tmp_path, 
         "targetTokensPerMinutePerInstance", "targetConcurrentRequestsPerInstance"]
     gcp = recommend.recommend(write(tmp_path, stack="gcp"), recommend.SloTargets(e2e_ms=2000))
     assert gcp.waiting_requests is None
-    assert gcp.config_lines() == ["pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 808 -s gcp"]
+    assert gcp.config_lines() == ["pulumi config set llm-inference:gkeTargetTokensPerSecondPerPod 800 -s gcp"]
     assert any("gkeTargetWaitingRequestsPerPod keeps the stack's value" in note for note in gcp.notes)
     assert recommend.main([str(write(tmp_path, levels=SCRAPED, stack="gcp")), "--slo-e2e-ms", "2000"]) == 0
     out = capsys.readouterr().out
