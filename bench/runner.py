@@ -130,7 +130,7 @@ def run_benchmark(cfg: BenchConfig, display=None) -> RunResult:
                 summary["search"] = plan.result()
             write_json(out / "summary.json", summary)
             if level_status == "max_error_rate" and plan is not None:
-                pass  # that probe missed the SLO; the search goes on below it
+                continue  # that probe missed the SLO; the search goes on below it
             if level_status != "complete":
                 status = level_status
                 break
