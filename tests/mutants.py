@@ -51,7 +51,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "token-autoscaling": (["components/token_autoscaling.py"], ["tests/components/test_token_autoscaling_math.py",
                                                               "tests/components/test_aws_endpoint.py"]),
     "endpoint-monitoring": (["components/endpoint_monitoring.py"],
-                            ["tests/components/test_token_autoscaling_math.py", "tests/components/test_aws_endpoint.py"]),
+                            ["tests/components/test_endpoint_monitoring.py",
+                             "tests/components/test_token_autoscaling_math.py", "tests/components/test_aws_endpoint.py"]),
     "planner": (["planning/planner.py"], ["tests/planning/test_planner.py"]),
 }
 
