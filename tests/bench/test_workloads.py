@@ -125,6 +125,9 @@ def test_turns_resend_the_history_with_the_replies_streamed_back(logged_server, 
     turns = summary["levels"][0]["turns"]
     assert list(turns) == ["1", "2", "3"] and all(t["requests"] == 2 and t["succeeded"] == 2 for t in turns.values())
     assert summary["levels"][0]["requests"] == 6
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## Per turn" in report and all(f"| c=2 | {t} | 2 / 2 | 8.0 |" in report for t in (1, 2, 3))
+    assert "sessions of 3 turns, think time 0.05 s" in report
     # Only the first turn's length is known ahead (later ones carry replies): prefix + user message.
     assert sorted({r["prompt_tokens_target"] for r in records}, key=str) == [140, None]
 
@@ -162,6 +165,13 @@ def test_sharegpt_reader_on_the_shipped_sample():
     reply = "Water deeply two or three times a week, early in the morning, so the soil stays evenly moist."
     exact = sharegpt_items(conversations, Distribution("fixed", 64), seed=0, output_lengths=True)
     assert exact[0].max_tokens == -(-len(reply) // 4) == 24
+
+
+def test_sharegpt_jsonl_reads_as_the_json_array(tmp_path):
+    jsonl = tmp_path / "sample.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(r) for r in json.loads(SAMPLE.read_text())) + b"\n")
+    assert [c.messages for c in load_sharegpt(jsonl)] == [c.messages for c in load_sharegpt(SAMPLE)]
+    assert load_sharegpt(jsonl)[2].where.endswith("sample.jsonl:4")  # the line, for error messages
 
 
 def test_sharegpt_sessions_take_the_human_turns():
