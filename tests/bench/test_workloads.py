@@ -139,6 +139,7 @@ def test_a_failed_turn_ends_its_session_and_is_counted(logged_server, tmp_path):
     summary, records = read(tmp_path / "r")
     assert len(bodies) == 2 and [r["turn"] for r in records] == [1, 1]
     assert summary["levels"][0]["failed"] == 2 and summary["levels"][0]["errors"] == {"http_5xx": 2}
+    assert "| c=1 | 1 | 0 / 2 | - |" in (tmp_path / "r" / "report.md").read_text()  # per turn: ok / all
 
 
 def test_reply_text_reads_sse_and_json_replies():
