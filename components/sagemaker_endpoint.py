@@ -42,6 +42,10 @@ class SageMakerEndpointArgs:
     hf_token: pulumi.Input[str] | None = None
     # Any OPTION_<X> passes through to vLLM as an engine argument.
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # sagemakerVpc: the model's network interfaces in these private subnets and security group
+    # (components/sagemaker_vpc.py); None: SageMaker's own network.
+    vpc_subnet_ids: pulumi.Input[list[str]] | None = None
+    vpc_security_group_ids: pulumi.Input[list[str]] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -69,6 +73,8 @@ class SageMakerEndpointArgs:
                     f"{key!r} is not an environment variable name the LMI container reads (OPTION_<X>, ...)")
         require(_COMPONENT, "extra_env", "OPTION_QUANTIZE" not in self.extra_env,
                 "OPTION_QUANTIZE disables vLLM's Marlin kernels for a pre-quantized AWQ model; leave it out")
+        require(_COMPONENT, "vpc_subnet_ids", (self.vpc_subnet_ids is None) == (self.vpc_security_group_ids is None),
+                "vpc_subnet_ids and vpc_security_group_ids go together (SageMaker's VpcConfig needs both)")
         served = self.extra_env.get("OPTION_SERVED_MODEL_NAME", self.model_id)
         require(_COMPONENT, "extra_env", served == self.model_id,
                 f"OPTION_SERVED_MODEL_NAME={served!r} differs from model_id {self.model_id!r}: the gateway accepts "
@@ -131,13 +137,40 @@ def execution_role_trust_policy(partition: str, region: str, account: str) -> st
     }])
 
 
-def execution_role_policy(partition: str, region: str, account: str, image_account: str, endpoint_name: str) -> str:
+# What SageMaker does with the execution role to attach a model to the VPC's subnets (SageMaker Developer
+# Guide, host-vpc, "Add Permissions for Endpoint Access for Containers Running in a VPC to Custom IAM
+# Policies", which grants them on "*"). The Describe calls have no resource type; the network-interface
+# calls do (Service Authorization Reference, Amazon EC2: network-interface, subnet, security-group), so
+# they are limited to this account and region.
+VPC_DESCRIBE_ACTIONS = (
+    "ec2:DescribeDhcpOptions",
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSecurityGroups",
+    "ec2:DescribeSubnets",
+    "ec2:DescribeVpcs",
+)
+VPC_INTERFACE_ACTIONS = (
+    "ec2:CreateNetworkInterface",
+    "ec2:CreateNetworkInterfacePermission",
+    "ec2:DeleteNetworkInterface",
+    "ec2:DeleteNetworkInterfacePermission",
+)
+
+
+def execution_role_policy(partition: str, region: str, account: str, image_account: str, endpoint_name: str,
+                          in_vpc: bool = False) -> str:
     """What AWS's CreateModel execution-role template grants (SageMaker Developer Guide, sagemaker-roles,
     "CreateModel API: Execution Role Permissions"), scoped to the LMI repository and this endpoint's log
     group; no S3 (the model comes from Hugging Face)."""
     repository_arn = f"arn:{partition}:ecr:{region}:{image_account}:repository/{_LMI_REPOSITORY}"
     log_group_arn = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/{endpoint_name}"
-    return policy_document([
+    ec2 = f"arn:{partition}:ec2:{region}:{account}"
+    vpc = [
+        {"Sid": "DescribeVpc", "Effect": "Allow", "Action": list(VPC_DESCRIBE_ACTIONS), "Resource": "*"},
+        {"Sid": "AttachToVpc", "Effect": "Allow", "Action": list(VPC_INTERFACE_ACTIONS),
+         "Resource": [f"{ec2}:network-interface/*", f"{ec2}:subnet/*", f"{ec2}:security-group/*"]},
+    ] if in_vpc else []
+    return policy_document(vpc + [
         # GetAuthorizationToken has no resource-level permissions: AWS requires "*".
         {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
         {
@@ -208,7 +241,8 @@ class SageMakerEndpoint(pulumi.ComponentResource):
             f"{name}-role-policy",
             role=role.id,
             policy=pulumi.Output.all(partition.partition, account).apply(
-                lambda v: execution_role_policy(v[0], args.region, v[1], args.image_account, endpoint_name)),
+                lambda v: execution_role_policy(v[0], args.region, v[1], args.image_account, endpoint_name,
+                                                in_vpc=args.vpc_subnet_ids is not None)),
             opts=child,
         )
 
@@ -228,6 +262,9 @@ class SageMakerEndpoint(pulumi.ComponentResource):
                 mode="SingleModel",
                 environment=environment,
             ),
+            vpc_config=(sagemaker.ModelVpcConfigArgs(subnets=args.vpc_subnet_ids,
+                                                     security_group_ids=args.vpc_security_group_ids)
+                        if args.vpc_subnet_ids is not None else None),
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
         )

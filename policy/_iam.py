@@ -30,6 +30,7 @@ RESOURCE_WILDCARD_REQUIRED: Mapping[str, str] = {
     "ec2:describesubnets": "EC2 Describe* calls have no resource type",
     "ec2:describesecuritygroups": "EC2 Describe* calls have no resource type",
     "ec2:describevpcs": "EC2 Describe* calls have no resource type",
+    "ec2:describedhcpoptions": "EC2 Describe* calls have no resource type (SageMaker in a VPC needs it)",
 }
 
 # AWS-managed policies that grant a whole service or everything.

@@ -12,6 +12,7 @@ from components.cost_budget import create_budget
 from components.demo_ui import DemoUi, DemoUiArgs, DemoUiConfig, DemoUiConfigArgs
 from components.endpoint_monitoring import EndpointMonitoring, EndpointMonitoringArgs
 from components.sagemaker_endpoint import SageMakerEndpoint, SageMakerEndpointArgs, derived_endpoint_name
+from components.sagemaker_vpc import SageMakerVpc, SageMakerVpcArgs
 from components.streaming_gateway import GatewayLimits, StreamingGateway, StreamingGatewayArgs, gateway_bundle
 from components.token_autoscaling import TokenAwareAutoscaling, TokenAwareAutoscalingArgs
 from components.waf import ApiWaf, ApiWafArgs
@@ -62,6 +63,9 @@ CONFIG_KEYS = {
     "rate_limit_per_ip": "wafRateLimitPerIp",
     "managed_rule_action": "wafManagedRulesAction",
     "blocked_alarm_threshold": "wafBlockedAlarmThreshold",
+    # the private network (sagemakerVpc)
+    "cidr_block": "sagemakerVpcCidr",
+    "egress": "sagemakerVpcEgress",
 }
 
 
@@ -132,6 +136,11 @@ def build() -> dict[str, Any]:
         )
         scaling_args.validate()
         waf_args = waf_args_from_config(cfg, region, tags)
+        vpc_args = None
+        if cfg.boolean("sagemakerVpc"):
+            vpc_args = SageMakerVpcArgs(region=region, cidr_block=cfg.text("sagemakerVpcCidr"),
+                                        egress=cfg.text("sagemakerVpcEgress"), tags=tags)
+            vpc_args.validate()
         endpoint_args = SageMakerEndpointArgs(
             model_id=cfg.text("modelId"),
             region=region,
@@ -162,6 +171,13 @@ def build() -> dict[str, Any]:
             instance_type=instance_type,
             instance_choices=sagemaker_instance_types(),
         )
+        if vpc_args is not None:
+            vpc = SageMakerVpc("llm-vpc", vpc_args)
+            endpoint_args = SageMakerEndpointArgs(**{
+                **endpoint_args.__dict__,
+                "vpc_subnet_ids": vpc.private_subnet_ids,
+                "vpc_security_group_ids": vpc.model_security_group_id.apply(lambda sg: [sg]),
+            })
         endpoint = SageMakerEndpoint("llm", endpoint_args)
         TokenAwareAutoscaling(
             "llm-scaling",

@@ -223,6 +223,11 @@ DEFAULT_INVOKES: dict[str, Callable[[dict], dict]] = {
     },
     "aws:index/getRegion:getRegion": lambda a: {"name": "us-east-1", "region": "us-east-1", "id": "us-east-1"},
     "aws:index/getPartition:getPartition": lambda a: {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"},
+    "aws:index/getAvailabilityZones:getAvailabilityZones": lambda a: {
+        "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
+        "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
+        "id": "us-east-1",
+    },
     "azure-native:authorization:getClientConfig": lambda a: {
         "clientId": "11111111-1111-1111-1111-111111111111",
         "objectId": "22222222-2222-2222-2222-222222222222",
