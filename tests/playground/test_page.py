@@ -189,3 +189,12 @@ def test_the_page_server_serves_only_the_page_to_its_own_host(setup):
     assert httpx.get(setup.page_url + "playground.js").headers["content-type"].startswith("text/javascript")
     rebound = httpx.get(setup.page_url + "config.json", headers={"Host": "evil.example:80"})
     assert rebound.status_code == 421 and KEY not in rebound.text
+
+
+def test_a_missing_browser_fails_with_the_install_command(monkeypatch, tmp_path):
+    import tests.browser as browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(browser.BrowserMissing, match=r"apt-get install -y chromium chromium-driver"):
+        with browser.chromium():
+            pass
