@@ -1,0 +1,287 @@
+"""bench.server_metrics: parsing vLLM's Prometheus text, per-level gauges/rates, the scrape against a real
+local HTTP server (absent, refused, 401), and a run that keeps going without metrics."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+import bench
+from bench import server_metrics
+from bench.server_metrics import LevelSeries, MetricsError, Scraper, parse
+
+
+class VllmMetrics:
+    """vLLM 0.32's own metric definitions (vllm/v1/metrics/loggers.py: names, documentation, labelnames
+    [model_name, engine], one child per engine), exposed by prometheus_client as vLLM's server does."""
+
+    def __init__(self, engines=("0",), model="m"):
+        self.registry = CollectorRegistry()
+        labels = ["model_name", "engine"]
+
+        def per_engine(metric):
+            return [metric.labels(model, e) for e in engines]
+
+        r = self.registry
+        self.running = per_engine(Gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                                        labels, registry=r))
+        self.waiting = per_engine(Gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                                        labels, registry=r))
+        self.kv = per_engine(Gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                                   labels, registry=r))
+        self.preemptions = per_engine(Counter("vllm:num_preemptions", "Cumulative number of preemption from the "
+                                              "engine.", labels, registry=r))
+        self.prompt = per_engine(Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", labels,
+                                         registry=r))
+        self.generation = per_engine(Counter("vllm:generation_tokens", "Number of generation tokens processed.",
+                                             labels, registry=r))
+        self.queue_time = per_engine(Histogram("vllm:request_queue_time_seconds",
+                                               "Histogram of time spent in WAITING phase for request.", labels,
+                                               registry=r, buckets=[0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0]))
+        Gauge("python_gc_objects_collected", "the client library's own", registry=r).set(7)
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+
+class MetricsServer:
+    """A real HTTP server on 127.0.0.1 serving /metrics from a VllmMetrics (or a fixed status/body)."""
+
+    def __init__(self, metrics: VllmMetrics | None = None, status: int = 200, body: str | None = None,
+                 api_key: str | None = None):
+        self.metrics, self.status, self.body, self.api_key = metrics, status, body, api_key
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's name
+                outer.requests.append({"path": self.path, **dict(self.headers)})
+                status = outer.status
+                if outer.api_key and self.headers.get("Authorization") != f"Bearer {outer.api_key}":
+                    status = 401
+                body = (outer.body if outer.body is not None else outer.metrics.text()).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/metrics"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def metrics_server():
+    servers = []
+
+    def start(**kwargs) -> MetricsServer:
+        servers.append(MetricsServer(**kwargs))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------- parse
+
+
+def test_parse_vllm_text_sums_engines_and_averages_usage():
+    m = VllmMetrics(engines=("0", "1"))
+    m.running[0].set(3)
+    m.running[1].set(5)
+    m.kv[0].set(0.2)
+    m.kv[1].set(0.6)
+    m.prompt[0].inc(100)
+    m.prompt[1].inc(28)
+    m.queue_time[0].observe(0.5)
+    m.queue_time[1].observe(1.5)
+    values = parse(m.text())
+    assert values["vllm:num_requests_running"] == ("gauge", 8.0)  # requests add up over engines
+    assert values["vllm:kv_cache_usage_perc"][0] == "gauge"
+    assert values["vllm:kv_cache_usage_perc"][1] == pytest.approx(0.4)  # a fraction is averaged
+    assert values["vllm:prompt_tokens_total"] == ("counter", 128.0)
+    assert values["vllm:num_preemptions_total"] == ("counter", 0.0)
+    assert values["vllm:request_queue_time_seconds_count"] == ("hist_count", 2.0)
+    assert values["vllm:request_queue_time_seconds_sum"] == ("hist_sum", 2.0)
+    # prometheus_client's *_created timestamps, buckets and the library's own metrics are not the server's work
+    assert not [name for name in values if name.endswith(("_created", "_bucket")) or name.startswith("python_")]
+
+
+def test_parse_refuses_what_is_not_prometheus_text():
+    with pytest.raises(MetricsError, match="not Prometheus text"):
+        parse("vllm:num_requests_running{engine=0} three\n")
+
+
+# ------------------------------------------------------------------------------------- level series
+
+
+def values(running, waiting, generation, prompt=0.0, queue_sum=0.0, queue_count=0.0):
+    return {"vllm:num_requests_running": ("gauge", running), "vllm:num_requests_waiting": ("gauge", waiting),
+            "vllm:generation_tokens_total": ("counter", generation), "vllm:prompt_tokens_total": ("counter", prompt),
+            "vllm:request_queue_time_seconds_sum": ("hist_sum", queue_sum),
+            "vllm:request_queue_time_seconds_count": ("hist_count", queue_count)}
+
+
+def test_gauges_over_the_level_counters_as_rates_histograms_as_means():
+    s = LevelSeries()
+    s.add(10.0, values(0, 0, 1000, 50, 1.0, 2), edge=True)  # at the start: before the load
+    s.add(11.0, values(4, 2, 1300, 150, 1.0, 2))
+    s.add(12.0, values(4, 6, 1600, 250, 4.0, 6))
+    s.add(13.0, values(3, 1, 1900, 350, 5.0, 10))
+    s.add(14.0, values(0, 0, 2000, 400, 5.5, 12), edge=True)  # after the end: drained
+    out = s.summary()
+    assert out["vllm:num_requests_running"] == {"mean": pytest.approx(11 / 3, abs=1e-4), "max": 4, "last": 3}
+    assert out["vllm:num_requests_waiting"] == {"mean": 3.0, "max": 6, "last": 1}
+    assert out["vllm:generation_tokens_total"] == {"rate_per_s": 250.0, "increase": 1000}  # 1000 over 4 s
+    assert out["vllm:prompt_tokens_total"] == {"rate_per_s": 87.5, "increase": 350}
+    assert out["vllm:request_queue_time_seconds"] == {"mean": 0.45, "count": 10}  # 4.5 s over 10 requests
+
+
+def test_a_level_without_inner_scrapes_uses_the_edges_and_a_reset_counter_has_no_rate():
+    s = LevelSeries()
+    s.add(0.0, values(2, 0, 500), edge=True)
+    s.add(1.0, values(1, 0, 20), edge=True)  # the server restarted: its counter began again
+    out = s.summary()
+    assert out["vllm:num_requests_running"] == {"mean": 1.5, "max": 2, "last": 1}
+    assert out["vllm:generation_tokens_total"] == {"rate_per_s": None, "increase": None, "reset": True}
+    assert LevelSeries().summary() == {}
+
+
+# ----------------------------------------------------------------------------------------- the scrape
+
+
+def test_scraper_reads_a_real_server_per_level_with_the_runs_auth(metrics_server):
+    m = VllmMetrics()
+    server = metrics_server(metrics=m, api_key="sk-test")  # pragma: allowlist secret
+    m.generation[0].inc(100)
+    scraper = Scraper(server.url, {"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
+                      interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        while scraper.scrapes < 1:  # the scrape at the start of the level
+            threading.Event().wait(0.01)
+        m.running[0].set(4)
+        m.waiting[0].set(2)
+        m.generation[0].inc(300)
+        while scraper.scrapes < 3:  # at least one scrape sees the load
+            threading.Event().wait(0.01)
+        m.running[0].set(0)
+        m.waiting[0].set(0)
+        level = scraper.end_level()
+    finally:
+        scraper.close()
+    assert scraper.available and scraper.problem is None
+    assert level["vllm:num_requests_running"]["max"] == 4 and level["vllm:num_requests_waiting"]["max"] == 2
+    assert level["vllm:generation_tokens_total"]["increase"] == 300  # begin -> a scrape after the end
+    assert level["vllm:generation_tokens_total"]["rate_per_s"] > 0
+    assert level["vllm:num_requests_running"]["last"] == 4  # the last scrape while the level ran, not after it
+    assert all(r["path"] == "/metrics" and r["Accept"] == "text/plain" for r in server.requests)
+    assert "Content-Type" not in server.requests[0]
+    assert scraper.public() == {"url": server.url, "interval_s": 0.05, "available": True, "problem": None,
+                                "scrapes": scraper.scrapes, "failed_scrapes": 0}
+
+
+@pytest.mark.parametrize(
+    ("server_kwargs", "needle"),
+    [
+        ({"status": 404, "body": "Not Found"}, "HTTP 404: the server has no /metrics here; pass --metrics-url"),
+        ({"api_key": "other"}, "HTTP 401: the run's API key is not accepted for /metrics"),  # pragma: allowlist secret
+        ({"status": 200, "body": '{"object": "list"}'}, "not Prometheus text"),
+        ({"status": 503, "body": "busy"}, "HTTP 503"),
+    ],
+)
+def test_absent_or_refused_metrics_are_one_problem_and_no_more_asking(metrics_server, server_kwargs, needle):
+    server = metrics_server(metrics=VllmMetrics(), **server_kwargs)
+    scraper = Scraper(server.url, {"Authorization": "Bearer sk-test"}, interval_s=0.05)
+    scraper.start()
+    try:
+        for _ in range(3):
+            scraper.begin_level()
+            assert scraper.end_level() is None
+    finally:
+        scraper.close()
+    assert not scraper.available and needle in scraper.problem and scraper.problem.startswith(server.url)
+    assert len(server.requests) == 1  # asked once, then left alone
+
+
+def test_connection_refused_is_a_problem_not_an_error():
+    url = f"http://127.0.0.1:{free_port()}/metrics"
+    scraper = Scraper(url, interval_s=0.05)
+    scraper.start()
+    scraper.begin_level()
+    assert scraper.end_level() is None
+    scraper.close()
+    assert "connection refused or unreachable" in scraper.problem
+
+
+def test_metrics_url_is_the_base_urls_root():
+    assert server_metrics.metrics_url("http://10.0.0.5:8000/v1") == "http://10.0.0.5:8000/metrics"
+    assert server_metrics.metrics_url("https://h.example/prod/v1") == "https://h.example/metrics"
+
+
+# ----------------------------------------------------------------------------------- in a whole run
+
+
+def run(url, out, *args):
+    return bench.run([url, "--workers", "0", "--warmup", "0", "--max-tokens", "8", "--out", str(out),
+                      "--no-progress", "--requests", "12", "--concurrency", "1,4", *args])
+
+
+def test_a_run_scrapes_the_mocks_metrics_into_each_level_report_and_chart(tmp_path, mock_server):
+    server = mock_server(ttft_ms=5, itl_ms=20, max_concurrent=2)
+    assert run(server.url, tmp_path / "run", "--metrics-interval", "50ms") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    info = summary["server_metrics"]
+    assert info["available"] and info["url"] == server.url.rsplit("/v1", 1)[0] + "/metrics" and info["scrapes"] >= 4
+    c1, c4 = (lv["server_metrics"] for lv in summary["levels"])
+    assert c1["vllm:num_requests_running"]["max"] == 1 and c1["vllm:num_requests_waiting"]["max"] == 0
+    assert c4["vllm:num_requests_running"]["max"] == 2 and c4["vllm:num_requests_waiting"]["max"] >= 1
+    # every generated token counted between the level's first and last scrape: 12 requests x 8 tokens
+    assert c1["vllm:generation_tokens_total"]["increase"] == 96 == c4["vllm:generation_tokens_total"]["increase"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Inside the server" in report and "![server_metrics](server_metrics.png)" in report
+    assert (tmp_path / "run" / "server_metrics.png").stat().st_size > 10_000
+
+
+def test_a_run_without_metrics_says_so_once_and_measures_as_usual(tmp_path, mock_server, capsys):
+    server = mock_server()
+    refused = f"http://127.0.0.1:{free_port()}/metrics"
+    out = tmp_path / "run"
+    code = bench.run([server.url, "--workers", "0", "--warmup", "0", "--max-tokens", "8", "--out", str(out),
+                      "--requests", "6", "--concurrency", "1,2", "--metrics-url", refused, "--no-charts"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and [lv["succeeded"] for lv in summary["levels"]] == [6, 6]
+    assert summary["server_metrics"]["available"] is False
+    assert "connection refused" in summary["server_metrics"]["problem"]
+    assert all("server_metrics" not in lv for lv in summary["levels"])
+    assert capsys.readouterr().err.count("no server metrics:") == 1
+    assert "No server metrics: " + refused in (out / "report.md").read_text()
+
+
+def test_no_server_metrics_asks_nothing(tmp_path, mock_server):
+    server = mock_server()
+    assert run(server.url, tmp_path / "run", "--no-server-metrics", "--no-charts") == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "server_metrics" not in summary and summary["config"]["server_metrics"] is False
