@@ -92,6 +92,8 @@ def judge(level: Mapping[str, Any], slo: SearchSlo) -> Verdict:
                 misses.append(f"no {metric.upper()} measured")
             elif value > limit:
                 misses.append(f"{metric.upper()} {pct} {value:,.1f} > {limit:g} ms")
+    if level.get("valid") is False:  # bench.stats: the client set these figures, not the server
+        misses.append("invalid, the client was the bottleneck: " + "; ".join(level.get("why") or ["see warnings"]))
     if level.get("stopped_early") and not misses:
         misses.append(f"stopped early: {level['stopped_early']}")
     return Verdict(not misses, "; ".join(misses) or "met", figures)

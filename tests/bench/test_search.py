@@ -137,6 +137,10 @@ def test_judge_every_limit_at_the_percentile_and_the_error_rate():
     assert judge(level(requests=0), slo).why == "no request measured"
     assert judge(level(tpot95=None), slo).why == "no TPOT measured"
     assert judge(level(stopped_early="interrupted (Ctrl-C)"), slo).why == "stopped early: interrupted (Ctrl-C)"
+    client_bound = judge(level(valid=False, why=["client lag p99 80 ms > 50 ms"]), slo)
+    assert not client_bound.met  # never an answer the client made
+    assert client_bound.why == "invalid, the client was the bottleneck: client lag p99 80 ms > 50 ms"
+    assert judge(level(valid=True, why=[]), slo).met
 
 
 def test_judge_reads_the_percentile_it_is_given():
