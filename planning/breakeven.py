@@ -29,6 +29,12 @@ from pathlib import Path
 from typing import Any
 
 SECONDS_PER_HOUR = 3600
+# sagemakerVpc's private network (components/sagemaker_vpc.py), AWS list prices in us-east-1 to verify for your
+# region (Amazon VPC pricing: NAT gateway per hour; AWS PrivateLink pricing: interface endpoint per AZ-hour).
+# Data processed (per GB through the NAT and the endpoints) is extra and not counted: the model download once
+# per instance start is most of it.
+NAT_GATEWAY_PER_HOUR = 0.045
+INTERFACE_ENDPOINT_PER_AZ_HOUR = 0.01
 SECONDS_PER_DAY = 86400
 PER_MILLION = 1_000_000
 
@@ -238,15 +244,27 @@ def lines(result: BreakEven, name: str = "") -> list[str]:
 # ------------------------------------------------------------------------------------ `bench plan` glue
 
 
-def for_plan(plan: Any, api: ApiPrice | None, utilization: float) -> dict[str, BreakEven]:
+def private_network_hourly(nat_gateways: int = 1, interface_endpoints: int = 3, zones: int = 2) -> float:
+    """USD per hour of sagemakerVpc's network: its NAT gateway(s) and interface endpoints in each zone (the S3
+    gateway endpoint is free). The default: 1 NAT + 3 endpoints (ecr.api, ecr.dkr, logs) x 2 AZs = $0.105/h."""
+    return nat_gateways * NAT_GATEWAY_PER_HOUR + interface_endpoints * zones * INTERFACE_ENDPOINT_PER_AZ_HOUR
+
+
+def for_plan(plan: Any, api: ApiPrice | None, utilization: float,
+             sagemaker_vpc: bool = False) -> dict[str, BreakEven]:
     """Per priced instance of a roofline plan: the comparison at its best estimated throughput (the
-    highest-throughput concurrency level that fits); instances without a price or a fitting level are left out."""
+    highest-throughput concurrency level that fits); instances without a price or a fitting level are left out.
+    With `sagemaker_vpc` a SageMaker type's price carries the private network's hourly price too (one
+    instance bears it all: the break-even of the smallest deployment)."""
     out: dict[str, BreakEven] = {}
     for memory in plan.memory:
         name = memory.instance.name
         price = plan.prices.get(name)
+        if price and sagemaker_vpc and name.startswith("ml."):
+            price += private_network_hourly()
+            name = f"{name} + sagemakerVpc network (${private_network_hourly():.3f}/h)"
         fitting = [e for e in plan.estimates
-                   if e.instance == name and e.problem is None and e.output_tokens_per_s > 0]
+                   if e.instance == memory.instance.name and e.problem is None and e.output_tokens_per_s > 0]
         if not price or not fitting:
             continue
         best = max(fitting, key=lambda e: e.output_tokens_per_s)

@@ -682,6 +682,8 @@ def parser() -> argparse.ArgumentParser:
                    help="share of the hour the instance runs at full load, for $ per 1M tokens (default 0.5)")
     p.add_argument("--from", dest="from_results", metavar="RESULTS",
                    help="a bench results directory: its measured throughput instead of the roofline")
+    p.add_argument("--sagemaker-vpc", action="store_true",
+                   help="SageMaker prices include sagemakerVpc's NAT gateway and interface endpoints (per hour)")
     return p
 
 
@@ -752,7 +754,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyError, ValueError) as err:  # catalog look-ups, prices, plan inputs: one line each
         print(f"python -m bench plan: error: {err}", file=sys.stderr)
         return 2
-    comparisons = breakeven.for_plan(plan, api, args.utilization)
+    comparisons = breakeven.for_plan(plan, api, args.utilization, sagemaker_vpc=args.sagemaker_vpc)
     if args.json:
         out = plan.to_dict()
         out["break_even"] = {name: result.to_dict() for name, result in comparisons.items()}

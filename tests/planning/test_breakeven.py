@@ -159,7 +159,7 @@ def test_the_roofline_plan_compares_each_priced_instance(capsys):
     result = plan["break_even"]["ml.g5.2xlarge"]
     tput = result["throughput"]
     assert tput["output_tokens_per_s"] == pytest.approx(best["output_tokens_per_s"], rel=1e-3)
-    assert tput["input_tokens_per_s"] == pytest.approx(best["requests_per_s"] * 512, rel=1e-3)
+    assert tput["input_tokens_per_s"] == pytest.approx(best["requests_per_s"] * best["prompt_tokens"], rel=1e-3)
     bill = 3600 * (tput["input_tokens_per_s"] * 0.5 + tput["output_tokens_per_s"] * 1.5) / 1e6
     assert result["break_even_utilization"] == pytest.approx(1.8 / bill)
 
@@ -170,3 +170,24 @@ def test_a_priced_reports_shows_self_hosted_cost():
     assert any("at 100% utilization: $0.333 per 1M tokens" in line for line in lines)
     assert any("at 50% utilization: $0.667 per 1M tokens" in line for line in lines)
     assert break_even_lines(summary(price=None)) == []
+
+
+def test_the_private_network_price():
+    # 1 NAT gateway ($0.045/h) + 3 interface endpoints x 2 AZs ($0.01 per AZ-hour); the S3 gateway is free.
+    assert breakeven.private_network_hourly() == pytest.approx(0.105)
+    assert breakeven.private_network_hourly(nat_gateways=0, interface_endpoints=4) == pytest.approx(0.08)
+
+
+def test_sagemaker_vpc_adds_the_network_to_sagemaker_prices_only(capsys):
+    args = ["--instance", "ml.g5.2xlarge,g2-standard-8", "--price", "ml.g5.2xlarge=1.8", "--price", "g2-standard-8=1.0",
+            "--api-price", "0.5,1.5", "--json"]
+    assert planner.main(args) == 0
+    plain = json.loads(capsys.readouterr().out)["break_even"]
+    assert planner.main([*args, "--sagemaker-vpc"]) == 0
+    private = json.loads(capsys.readouterr().out)["break_even"]
+    (name,) = [n for n in private if n.startswith("ml.g5.2xlarge")]
+    assert name == "ml.g5.2xlarge + sagemakerVpc network ($0.105/h)"
+    assert private[name]["price_per_hour"] == pytest.approx(1.905)
+    assert private[name]["break_even_utilization"] == pytest.approx(
+        plain["ml.g5.2xlarge"]["break_even_utilization"] * 1.905 / 1.8)
+    assert private["g2-standard-8"]["price_per_hour"] == 1.0  # not a SageMaker type
