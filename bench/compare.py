@@ -100,7 +100,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--labels", help="comma-separated names, one per DIR (e.g. aws,azure,gcp,local)")
     p.add_argument("--out", default="results/compare", help="output directory (default results/compare)")
     p.add_argument("--no-charts", action="store_true")
+    gate = p.add_argument_group("regression gate (bench.gate): compare DIR with --baseline, exit 1 on a breach")
+    gate.add_argument("--baseline", metavar="DIR", help="results directory the one RUN is judged against")
+    gate.add_argument("--fail-on", metavar="RULES", help="e.g. 'ttft_p95>+10%%,tokens_per_s<-5%%' (see docs/bench.md)")
+    gate.add_argument("--confidence", type=float, default=0.95, help="bootstrap interval (default 0.95)")
+    gate.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    gate.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0: the same verdict every time)")
     args = p.parse_args(argv)
+    if args.baseline is not None or args.fail_on is not None:
+        return _gate(p, args)
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         p.error(f"--labels has {len(labels)} names for {len(args.runs)} runs")
@@ -122,3 +130,29 @@ def main(argv: list[str]) -> int:
     (out / "compare.md").write_text(render(runs, charts))
     print(f"wrote {out / 'compare.md'}" + (f" and {len(charts)} chart(s)" if charts else ""))
     return 0
+
+
+def _gate(p, args) -> int:
+    """`compare --baseline DIR RUN --fail-on RULES`: 0 no breach, 1 a breach, 2 bad input (one line)."""
+    from bench import gate
+
+    if args.baseline is None or args.fail_on is None:
+        p.error("the regression gate needs both --baseline DIR and --fail-on RULES")
+    if len(args.runs) != 1:
+        p.error(f"with --baseline give one run to judge, not {len(args.runs)}")
+    if not 0.5 <= args.confidence < 1:
+        p.error(f"--confidence {args.confidence:g}: expected a fraction in [0.5, 1), e.g. 0.95")
+    if args.resamples < 100:
+        p.error(f"--resamples {args.resamples}: at least 100 for a usable interval")
+    try:
+        rules = gate.parse_rules(args.fail_on)
+        verdicts = gate.run_gate(args.baseline, args.runs[0], rules, seed=args.seed, resamples=args.resamples,
+                                 confidence=args.confidence)
+    except (gate.GateError, CompareError) as exc:
+        p.error(str(exc))
+    for line in gate.render(verdicts, args.confidence):
+        print(line)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gate.json").write_text(json.dumps(gate.as_json(verdicts), indent=2) + "\n")
+    return 1 if any(v.outcome == "breach" for v in verdicts) else 0
