@@ -148,6 +148,8 @@ def _cloud(cloud, name, gpu_name, count, vcpus, mem, price, source="list price, 
     return Instance(name, cloud, gpu_name, count, vcpus, mem, price, price_source=source)
 
 
+_NO_G6_PRICE = "the reference prices list none for SageMaker ml.g6, and the catalog invents none"
+
 INSTANCES: dict[str, Instance] = {
     i.name: i
     for i in (
@@ -160,6 +162,12 @@ INSTANCES: dict[str, Instance] = {
         _aws("ml.g5.16xlarge", "A10G", 1, 64, 256, 4.864),
         _aws("ml.g5.24xlarge", "A10G", 4, 96, 384, 10.18),
         _aws("ml.g5.48xlarge", "A10G", 8, 192, 768, 20.36),
+        # ml.g6.* (L4): the aws stack accepts them (any SageMaker instance type), but the reference prices
+        # (../shared/REFERENCE.md) have none for them: the plan says so, the stack asks for pricePerHour.
+        *(_aws(f"ml.g6.{size}", "L4", gpus, vcpus, mem, None, _NO_G6_PRICE)
+          for size, gpus, vcpus, mem in (("xlarge", 1, 4, 16), ("2xlarge", 1, 8, 32), ("4xlarge", 1, 16, 64),
+                                         ("8xlarge", 1, 32, 128), ("12xlarge", 4, 48, 192), ("16xlarge", 1, 64, 256),
+                                         ("24xlarge", 4, 96, 384), ("48xlarge", 8, 192, 768))),
         _aws("ml.p4d.24xlarge", "A100-40GB", 8, 96, 1152, 37.688),
         _aws("ml.p5.48xlarge", "H100", 8, 192, 2048, 113.068),
         # --- AWS EC2, us-east-1
@@ -243,10 +251,25 @@ def instance(name: str) -> Instance:
         raise UnknownInstance(name) from None
 
 
-def instances_of(cloud: str) -> list[Instance]:
-    """One cloud's instance types, cheapest first."""
+# What the stacks deploy: the aws stack SageMaker instances (ml.*; EC2 types are here for price comparisons
+# only), the azure stack the whole-A10 NVadsA10 v5 sizes (components/azure_vllm_vm.py A10_V5_SIZES; tested
+# equal), the gcp stack any GCP machine type here.
+AZURE_VM_SIZES = ("Standard_NV36ads_A10_v5", "Standard_NV36adms_A10_v5", "Standard_NV72ads_A10_v5")
+
+
+def deployable(instance: Instance) -> bool:
+    """Whether a stack of this project can deploy `instance`."""
+    if instance.cloud == "aws":
+        return instance.name.startswith("ml.")
+    if instance.cloud == "azure":
+        return instance.name in AZURE_VM_SIZES
+    return True
+
+
+def instances_of(cloud: str, *, deployable_only: bool = False) -> list[Instance]:
+    """One cloud's instance types, cheapest first (only what a stack deploys, with `deployable_only`)."""
     return sorted(
-        (i for i in INSTANCES.values() if i.cloud == cloud),
+        (i for i in INSTANCES.values() if i.cloud == cloud and (deployable(i) or not deployable_only)),
         key=lambda i: (i.price_per_hour is None, i.price_per_hour or 0.0, i.name),
     )
 

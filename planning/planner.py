@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
+import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -247,8 +249,10 @@ def _warnings(plan: MemoryPlan, problem: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class Workload:
-    prompt_tokens: int = 512
-    output_tokens: int = 256
+    # The project's one default workload: the bench's (--prompt-tokens 128 --max-tokens 64), the planner's and
+    # recommend's (tests/planning/test_planner.py holds them equal); the CPU demo's is smaller, and says why.
+    prompt_tokens: int = 128
+    output_tokens: int = 64
     concurrency: int = 1
 
     def validate(self) -> None:
@@ -590,7 +594,8 @@ def build_plan(
             plan.price_notes[inst.name] = f"{region or inst.price_region}"
         except catalog.UnknownInstance as err:  # no price: estimates still stand, cost is unknown
             price = None
-            plan.price_notes[inst.name] = str(err)
+            why = f" ({inst.price_source})" if inst.price_source and inst.price_per_hour is None else ""
+            plan.price_notes[inst.name] = f"{err}{why}"
         plan.prices[inst.name] = price
         memory = plan_memory(spec, inst, engine)
         plan.memory.append(memory)
@@ -640,6 +645,10 @@ def _arg_non_negative(text: str) -> float:
     return value
 
 
+DEFAULT_LEVELS = (6, 12, 24, 32)  # the bench's default --concurrency
+PLAN_WIDTH = 120  # columns the plan fits when not on a terminal (and tables keep to on one)
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m bench plan",
@@ -652,7 +661,7 @@ def parser() -> argparse.ArgumentParser:
                    help="override the quantization read from the model id")
     p.add_argument("--instance", action="append", metavar="TYPE",
                    help="instance type (repeatable or comma-separated), a cloud (aws, azure, gcp: all its types) "
-                   f"or all; default: the stacks' {', '.join(catalog.STACK_INSTANCES.values())}")
+                   f"or all (what the stacks deploy); default: the stacks' {', '.join(catalog.STACK_INSTANCES.values())}")
     p.add_argument("--max-model-len", type=_arg_positive_int, default=Engine.max_model_len)
     p.add_argument("--max-batch-size", type=_arg_positive_int, default=Engine.max_batch_size,
                    help="most sequences batched at once (vLLM max_num_seqs)")
@@ -661,8 +670,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=_arg_positive_int, default=Engine.max_num_batched_tokens)
     p.add_argument("--overhead-gb", type=_arg_non_negative, default=Engine.overhead_gb,
                    help="per-GPU memory outside weights, KV and activations (default: %(default)s)")
-    p.add_argument("--concurrency", type=_arg_positive_ints, default=[1, 8, 32],
-                   help="concurrent requests, comma-separated (default: 1,8,32)")
+    p.add_argument("--concurrency", type=_arg_positive_ints, default=list(DEFAULT_LEVELS),
+                   help=f"concurrent requests, comma-separated (default: the bench's {','.join(map(str, DEFAULT_LEVELS))})")
     p.add_argument("--prompt-tokens", type=_arg_positive_int, default=Workload.prompt_tokens)
     p.add_argument("--output-tokens", type=_arg_positive_int, default=Workload.output_tokens)
     p.add_argument("--bandwidth-efficiency", type=_arg_fraction, default=1.0,
@@ -693,10 +702,10 @@ def _instances(selected: Sequence[str] | None) -> list[Instance]:
         names = list(catalog.STACK_INSTANCES.values())
     out: list[Instance] = []
     for name in names:
-        if name == "all":
-            group = sorted(catalog.INSTANCES.values(), key=lambda i: (i.cloud, i.name))
+        if name == "all":  # what the stacks deploy; name an EC2 type to see it
+            group = sorted((i for i in catalog.INSTANCES.values() if catalog.deployable(i)), key=lambda i: (i.cloud, i.name))
         elif name in catalog.DEFAULT_REGIONS:
-            group = catalog.instances_of(name)
+            group = catalog.instances_of(name, deployable_only=True)
         else:
             group = [catalog.instance(name)]
         out.extend(i for i in group if i not in out)
@@ -763,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         render(plan)
         print("\nSelf-host or buy tokens (one always-on instance, its best estimated throughput):")
         for name, result in comparisons.items():
-            print("\n".join(breakeven.lines(result, name)))
+            print("\n".join(_fit(line) for line in breakeven.lines(result, name)))
     return 0
 
 
@@ -796,7 +805,8 @@ def render(plan: Plan, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    console = console or Console(width=min(PLAN_WIDTH, shutil.get_terminal_size().columns) if sys.stdout.isatty()
+                                 else PLAN_WIDTH)
     spec, model, engine = plan.spec, plan.spec.model, plan.engine
     kv_token = spec.kv_bytes_per_token_at(engine.kv_bytes_per_element)
     console.print(
@@ -812,16 +822,17 @@ def render(plan: Plan, console: Any = None) -> None:
         f"max_batch_size {engine.max_batch_size}, gpu_memory_utilization {engine.gpu_memory_utilization:g}"
     )
 
-    mem = Table(title="Memory per GPU (GB)", box=box.SIMPLE_HEAVY, title_justify="left")
-    for col in ("instance", "GPUs", "visible", "x util", "= budget", "- weights", "- activ.", "- overhead",
-                "= KV cache", "KV tokens", f"seqs @ {engine.max_model_len:,}", "fits"):  # fmt: skip
-        mem.add_column(col, justify="left" if col in ("instance", "GPUs", "fits") else "right")
+    mem = Table(title=f"Memory per GPU (GB): budget = the GPU's visible memory x {engine.gpu_memory_utilization:g}; "
+                      "KV cache = budget - weights - activations - other (--overhead-gb)",
+                box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    for col in ("instance", "GPUs", "budget", "weights", "activ.", "other",
+                "KV cache", "KV tokens", f"seqs@{engine.max_model_len:,}", "fits"):  # fmt: skip
+        mem.add_column(col, justify="left" if col in ("instance", "GPUs", "fits") else "right", no_wrap=True,
+                       min_width=len(col))
     for m in plan.memory:
         mem.add_row(
             m.instance.name,
-            m.instance.describe(),
-            f"{m.visible_bytes / GB:.1f}",
-            f"{engine.gpu_memory_utilization:g}",
+            m.instance.describe().replace(" GB", "G"),
             f"{m.budget_bytes / GB:.1f}",
             f"{m.weight_bytes / GB:.2f}",
             f"{m.activation_bytes / GB:.2f}",
@@ -835,8 +846,9 @@ def render(plan: Plan, console: Any = None) -> None:
     for m in plan.memory:
         if m.problem:
             console.print(f"  [red]{m.instance.name}[/red]: {m.problem}")
-        for warning in m.warnings:
-            console.print(f"  [yellow]{m.instance.name}[/yellow]: {warning}")
+    # A warning several instances share is said once, naming them all.
+    for warning, names in _grouped((m.instance.name, w) for m in plan.memory for w in m.warnings):
+        console.print(f"  [yellow]{', '.join(names)}[/yellow]: {warning}")
 
     eff = plan.efficiency
     title = (
@@ -844,23 +856,23 @@ def render(plan: Plan, console: Any = None) -> None:
         f"{plan.workloads[0].output_tokens:,} tokens, at {eff.bandwidth:.0%} of peak bandwidth and "
         f"{eff.compute:.0%} of peak compute"
     )
-    est = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
-    for col in ("instance", "conc.", "batch", "weights GB", "KV read GB", "GB/s", "TFLOPS", "step ms", "bound",
-                "TTFT ms", "TPOT ms", "E2E ms", "tok/s/seq", "tok/s", "$/h", "$/1k tok", "$/1M tok"):  # fmt: skip
-        est.add_column(col, justify="left" if col in ("instance", "bound") else "right")
+    est = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+    for col in ("instance", "conc.", "batch", "step ms", "bound",
+                "TTFT ms", "TPOT ms", "E2E ms", "tok/s/seq", "tok/s", "$/1M tok"):  # fmt: skip
+        est.add_column(col, justify="left" if col in ("instance", "bound") else "right", no_wrap=True,
+                       min_width=len(col))
+    peaks: dict[str, str] = {}
     for e in plan.estimates:
         if e.problem:
-            est.add_row(e.instance, str(e.concurrency), "-", f"{e.weights_gb:.2f}", *["-"] * 13)
+            est.add_row(e.instance, str(e.concurrency), *["-"] * 9)
             continue
+        peaks[e.instance] = (f"{_money(e.price_per_hour, 3)}/h, {e.bandwidth_gb_s:,.0f} GB/s, "
+                             f"{e.compute_tflops:,.0f} TFLOPS {e.compute_path}")
         batch = f"{e.batch}" + {"concurrency": "", "max_batch_size": " cap", "kv_cache": " KV"}[e.batch_limit]
         est.add_row(
             e.instance,
             str(e.concurrency),
             batch,
-            f"{e.weights_gb:.2f}",
-            f"{e.kv_read_gb:.2f}",
-            f"{e.bandwidth_gb_s:,.0f}",
-            f"{e.compute_tflops:,.0f} {e.compute_path}",
             f"{e.step_ms:.1f}",
             e.bound,
             f"{e.ttft_ms:,.0f}",
@@ -868,22 +880,41 @@ def render(plan: Plan, console: Any = None) -> None:
             f"{e.e2e_ms:,.0f}",
             f"{e.tokens_per_s_per_sequence:,.1f}",
             f"{e.output_tokens_per_s:,.0f}",
-            _money(e.price_per_hour, 3),
-            _money(e.cost_per_1k_tokens_usd, 3),
             _money(e.cost_per_1m_tokens_usd, 3),
         )
     console.print(est)
+    if peaks:
+        for name, peak in peaks.items():
+            console.print(f"  {name}: {peak}")
     console.print(
         "  step = max((weights + KV read) / GB/s, batch x 2 x matmul params / TFLOPS); KV read = batch x "
         "(prompt + output/2) x KV bytes/token\n"
         "  TTFT = the step that runs the prompt's prefill (2 x params x prompt + attention FLOPs) with the rest "
         "of the batch, + queueing when conc. > batch\n"
-        "  E2E = TTFT + (output - 1) x TPOT; tok/s = batch x output / E2E; $/1k tok = $/h / (tok/s x 3600) x 1000\n"
+        "  E2E = TTFT + (output - 1) x TPOT; tok/s = batch x output / E2E; $/1M tok = $/h / (tok/s x 3600) x 1e6\n"
         "  batch: concurrency, capped by max_batch_size (cap) or by the sequences the KV cache holds (KV)"
     )
-    for name, note in plan.price_notes.items():
-        if plan.prices.get(name) is None:
-            console.print(f"  [yellow]{name}[/yellow]: {note}")
+    # Unpriced instances: one line per kind of note, naming them all (TYPE stands for each name).
+    unpriced = [(name, note.replace(name, "TYPE")) for name, note in plan.price_notes.items()
+                if plan.prices.get(name) is None]
+    for note, names in _grouped(unpriced):
+        console.print(f"  [yellow]{', '.join(names)}[/yellow]: {note}")
+
+
+def _fit(line: str, width: int = PLAN_WIDTH) -> str:
+    """A line wrapped at `width`, continuation lines indented under it."""
+    indent = " " * (len(line) - len(line.lstrip()) + 2)
+    return textwrap.fill(line, width, subsequent_indent=indent, break_on_hyphens=False, break_long_words=False)
+
+
+def _grouped(pairs) -> list[tuple[str, list[str]]]:
+    """(name, text) pairs -> [(text, [names])] in first-seen order."""
+    groups: dict[str, list[str]] = {}
+    for name, text in pairs:
+        names = groups.setdefault(text, [])
+        if name not in names:
+            names.append(name)
+    return list(groups.items())
 
 
 def _money(value: float | None, digits: int) -> str:

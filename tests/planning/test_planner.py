@@ -218,8 +218,56 @@ def test_cli_json_compares_the_stacks_instances_side_by_side(capsys):
 def test_cli_table_shows_fit_speed_and_cost(capsys):
     assert planner.main(["--model", "llama-3.1-70b", "--instance", "ml.g5.2xlarge,ml.g5.48xlarge"]) == 0
     out = capsys.readouterr().out
-    assert "141.1 GB of weights" in out and "ml.g5.48xlarge" in out and "$/1k tok" in out
+    assert "141.1 GB of weights" in out and "ml.g5.48xlarge" in out and "$/1M tok" in out
     assert "llama-3.1-70b fp16 needs 141.1 GB of weights" in out  # the instance that cannot load it says why
+
+
+def test_the_default_plan_fits_120_columns_and_says_a_shared_warning_once(capsys):
+    assert planner.main([]) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= planner.PLAN_WIDTH
+    stack_types = ", ".join(catalog.STACK_INSTANCES.values())
+    assert out.count("the KV cache holds 13 full 8,192-token sequences") == 1
+    assert f"{stack_types}: the KV cache holds 13" in out
+    for name in catalog.STACK_INSTANCES.values():  # no name cut short by a narrow column
+        assert f" {name} " in out
+
+
+def test_every_sagemaker_gpu_type_the_stack_accepts_in_the_families_here_is_in_the_catalog(capsys):
+    from components.aws_common import sagemaker_instance_types
+
+    for family in ("ml.g5.", "ml.g6."):
+        accepted = {t for t in sagemaker_instance_types() if t.startswith(family)}
+        assert accepted <= set(catalog.INSTANCES), accepted - set(catalog.INSTANCES)
+    # ml.g6 has no reference price: the plan says so once for all of them, and why, not a made-up figure.
+    assert all(catalog.INSTANCES[f"ml.g6.{s}"].price_per_hour is None for s in ("xlarge", "2xlarge", "48xlarge"))
+    assert planner.main(["--instance", "ml.g6.xlarge,ml.g6.2xlarge"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("no price for TYPE in us-east-1") == 1
+    assert "ml.g6.xlarge, ml.g6.2xlarge: no price for TYPE" in out.replace("\n", " ")
+    assert "the reference prices list none for SageMaker ml.g6" in out.replace("\n", " ")
+
+
+def test_a_cloud_or_all_lists_only_what_the_stacks_deploy():
+    from components.azure_vllm_vm import A10_V5_SIZES
+
+    assert set(catalog.AZURE_VM_SIZES) == set(A10_V5_SIZES)
+    aws = {i.name for i in planner._instances(["aws"])}
+    assert "ml.g5.2xlarge" in aws and "ml.g6.xlarge" in aws and not any(not n.startswith("ml.") for n in aws)
+    assert {i.name for i in planner._instances(["azure"])} == set(A10_V5_SIZES)
+    every = {i.name for i in planner._instances(["all"])}
+    assert "g5.2xlarge" not in every and "Standard_NC24ads_A100_v4" not in every
+    assert [i.name for i in planner._instances(["g5.2xlarge"])] == ["g5.2xlarge"]  # named, it is still shown
+
+
+def test_one_default_workload_for_the_bench_and_the_plan():
+    from bench.cli import build_parser
+
+    bench_args = build_parser().parse_args(["http://x/v1"])
+    plan_args = planner.parser().parse_args([])
+    assert (int(bench_args.prompt_tokens), int(bench_args.max_tokens)) == (plan_args.prompt_tokens,
+                                                                           plan_args.output_tokens) == (128, 64)
+    assert tuple(plan_args.concurrency) == planner.DEFAULT_LEVELS == (6, 12, 24, 32)
 
 
 def test_cli_price_region_and_cloud_selection(capsys):
