@@ -92,8 +92,6 @@ def judge(level: Mapping[str, Any], slo: SearchSlo) -> Verdict:
                 misses.append(f"no {metric.upper()} measured")
             elif value > limit:
                 misses.append(f"{metric.upper()} {pct} {value:,.1f} > {limit:g} ms")
-    if level.get("valid") is False:  # bench.stats: the client set these figures, not the server
-        misses.append("invalid, the client was the bottleneck: " + "; ".join(level.get("why") or ["see warnings"]))
     if level.get("stopped_early") and not misses:
         misses.append(f"stopped early: {level['stopped_early']}")
     return Verdict(not misses, "; ".join(misses) or "met", figures)
@@ -258,6 +256,10 @@ class SearchPlan:
             "requests": level.get("requests"),
             "goodput_rps": level.get("goodput_rps"),
             "why": verdict.why,
+            # bench.stats: where the client was the bottleneck the figures are partly the client's. The
+            # probe is still judged on them (a busy client adds milliseconds, not a knee), and said so.
+            "valid": level.get("valid") is not False,
+            "invalid_why": level.get("why") or None if level.get("valid") is False else None,
         })
 
     def result(self, run_status: str | None = None) -> dict:
@@ -284,8 +286,19 @@ class SearchPlan:
             "output_throughput_tok_s": point.get("output_throughput_tok_s"),
             "cost_per_1k_tokens_usd": point.get("cost_per_1k_tokens_usd"),
             "cost_per_1m_tokens_usd": point.get("cost_per_1m_tokens_usd"),
+            "warnings": self._warnings(answer, s.missed_at),
             "probes": list(self.probes),
         }
+
+    def _warnings(self, answer, missed_at) -> list[str]:
+        key = "rate" if self.spec.kind == "max_rate" else "concurrency"
+        out = []
+        for p in self.probes:
+            if not p["valid"] and p[key] in (answer, missed_at):
+                where = "the answer" if p[key] == answer else "the first miss"
+                out.append(f"{where} ({key} {p[key]:g}) was measured with the client as a bottleneck "
+                           f"({'; '.join(p['invalid_why'] or [])}): raise --workers or use a quieter client machine")
+        return out
 
 
 def describe_result(search: Mapping[str, Any]) -> list[str]:
@@ -308,7 +321,7 @@ def describe_result(search: Mapping[str, Any]) -> list[str]:
     if search.get("cost_per_1k_tokens_usd") is not None:
         at += f", ${search['cost_per_1k_tokens_usd']:.5f} per 1k tokens (${search['cost_per_1m_tokens_usd']:.2f} per 1M)"
     lines.append(at)
-    return lines
+    return lines + [f"warning: {w}" for w in search.get("warnings") or []]
 
 
 def probe_rows(search: Mapping[str, Any]) -> list[list[str]]:

@@ -137,10 +137,6 @@ def test_judge_every_limit_at_the_percentile_and_the_error_rate():
     assert judge(level(requests=0), slo).why == "no request measured"
     assert judge(level(tpot95=None), slo).why == "no TPOT measured"
     assert judge(level(stopped_early="interrupted (Ctrl-C)"), slo).why == "stopped early: interrupted (Ctrl-C)"
-    client_bound = judge(level(valid=False, why=["client lag p99 80 ms > 50 ms"]), slo)
-    assert not client_bound.met  # never an answer the client made
-    assert client_bound.why == "invalid, the client was the bottleneck: client lag p99 80 ms > 50 ms"
-    assert judge(level(valid=True, why=[]), slo).met
 
 
 def test_judge_reads_the_percentile_it_is_given():
@@ -160,7 +156,8 @@ def test_plan_makes_levels_records_probes_and_reports_the_operating_point(tmp_pa
         made.append((lv.index, lv.concurrency, lv.rate, lv.warmup))
         plan.record({**level(ttft95=runs[lv.rate]), "rate": lv.rate, "concurrency": lv.concurrency,
                      "goodput_rps": lv.rate * 0.9, "output_throughput_tok_s": lv.rate * 64,
-                     "cost_per_1k_tokens_usd": 1 / lv.rate, "cost_per_1m_tokens_usd": 1000 / lv.rate})
+                     "cost_per_1k_tokens_usd": 1 / lv.rate, "cost_per_1m_tokens_usd": 1000 / lv.rate,
+                     "valid": lv.rate not in (4.0, 6.0), "why": ["send delay p95 7 ms"] if lv.rate in (4.0, 6.0) else []})
     assert made == [(0, 64, 2.0, 2), (1, 64, 4.0, 4), (2, 64, 8.0, 8), (3, 64, 6.0, 6), (4, 64, 7.0, 7)]
     result = plan.result()
     assert result["kind"] == "max_rate" and result["max_rate_rps"] == 6.0 and result["first_miss"] == 7.0
@@ -172,7 +169,13 @@ def test_plan_makes_levels_records_probes_and_reports_the_operating_point(tmp_pa
     assert [p["rate"] for p in result["probes"]] == [2.0, 4.0, 8.0, 6.0, 7.0]
     assert [p["met"] for p in result["probes"]] == [True, True, False, True, False]
     assert result["probes"][2]["why"] == "TTFT p95 900.0 > 200 ms" and result["probes"][2]["ttft_ms_p95"] == 900.0
+    # Client-bound probes are judged on their figures and flagged; a warning where it decides the answer.
+    assert [p["valid"] for p in result["probes"]] == [True, False, True, False, True]
+    assert result["probes"][1]["invalid_why"] == ["send delay p95 7 ms"] and result["probes"][0]["invalid_why"] is None
+    assert result["warnings"] == ["the answer (rate 6) was measured with the client as a bottleneck (send delay p95 "
+                                  "7 ms): raise --workers or use a quieter client machine"]
     text = "\n".join(report_lines({"search": result}))
+    assert "warning: the answer (rate 6)" in text
     assert "## Operating point" in text and "6 req/s; 7 missed" in text and "$0.16667 per 1k tokens" in text
     assert "| 8 | no | 900.0 |" in text
 
