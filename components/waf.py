@@ -12,7 +12,7 @@ resource policy letting delivery.logs.amazonaws.com write (CloudWatch Logs User 
 Logs"); WAF would otherwise add one to a shared account-wide `AWSWAF-LOGS` policy that can outgrow its size
 limit (the provider's warning), so the stack manages its own, scoped to this group.
 
-Only the REST API stage is covered: a Lambda Function URL (gatewayMode function_url/both) does not pass
+Only the REST API stage is covered: a Lambda Function URL (gatewayMode function_url, or the URL of both) does not pass
 through WAF.
 """
 

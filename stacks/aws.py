@@ -79,7 +79,7 @@ def waf_args_from_config(cfg: StackConfig, region: str, tags: dict[str, str]) ->
         raise ConfigError(cfg.key("wafRateLimitPerIp"), limit,
                           "WAF attaches to the API Gateway stage and gatewayMode function_url has none "
                           "(a Lambda Function URL cannot take a web ACL)",
-                          f"set {cfg.key('gatewayMode')} to rest_api, or {cfg.key('wafRateLimitPerIp')} to 0")
+                          f"set {cfg.key('gatewayMode')} to apigateway (or both), or {cfg.key('wafRateLimitPerIp')} to 0")
     args = ApiWafArgs(
         stage_arn="",  # set once the gateway's stage exists
         region=region,

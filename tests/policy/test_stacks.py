@@ -44,7 +44,8 @@ GRAPHS: dict[str, tuple[str, dict[str, Any]]] = {
     "aws-function-url-iam": ("aws", {"gatewayMode": "function_url", "gatewayFunctionUrlAuth": "AWS_IAM",
                                      "wafRateLimitPerIp": 0}),  # WAF needs the REST API stage
     "aws-budget": ("aws", {**BUDGET, "hfToken": Secret(DUMMY_SECRET)}),
-    "aws-demo-ui": ("aws", {"demoUi": True}),  # the playground: S3 + CloudFront, CORS on the gateway
+    "aws-demo-ui": ("aws", {"demoUi": True}),
+    "aws-vpc": ("aws", {"sagemakerVpc": True}),  # the private network: VPC, subnets, NAT, endpoints  # the playground: S3 + CloudFront, CORS on the gateway
     "gcp": ("gcp", {}),
     "gcp-budget": ("gcp", {**BUDGET, "gcpBillingAccount": BILLING_ACCOUNT, "hfToken": Secret(DUMMY_SECRET)}),
     "azure": ("azure", {"sshPublicKey": SSH_KEY}),
