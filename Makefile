@@ -42,7 +42,7 @@ $(VLLM_VENV)/.installed-$(VLLM_VERSION):
 
 vllm: $(VLLM_VENV)/.installed-$(VLLM_VERSION)
 
-# llama-server for the local baseline: built once from the pinned llama-cpp-python sdist (~6 min on 2 cores)
+# llama-server for the local baseline: built once from the pinned llama-cpp-python sdist (about 7 min on 2 cores)
 # into ~/.cache/llm-inference (LLM_INFERENCE_CACHE moves it), then reused by every clone.
 engine: install
 	$(PY) -m local.engine

@@ -10,7 +10,7 @@ vLLM engine arguments as LMI does; the gateway gets the Lambda function's enviro
 random-weight Llama 3 with the real tokenizer), the ports, the GPU count and the KV cache size differ.
 
 It benches vLLM directly and through the gateway, then the llama.cpp baseline (`llama-server`, the seeds'
-local baseline) when it is built (`make engine`, ~9 minutes on 2 cores; `--baseline always` builds it,
+local baseline) when it is built (`make engine`, about 7 minutes on 2 cores; `--baseline always` builds it,
 `--baseline never` leaves it out), writes `<out>/vllm-direct/`, `<out>/vllm-gateway/`, `<out>/llamacpp/`
 and `<out>/comparison/`, prints what the gateway adds, and stops everything it started (also on Ctrl-C or
 failure). Every process gets its own log under `<out>/logs/`.
@@ -43,6 +43,14 @@ MODEL_ALIAS = "local-llama"  # the llama.cpp baseline's model name
 LABELS = ("vllm-direct", "vllm-gateway")
 BASELINE_LABEL = "llamacpp"
 BASELINES = ("auto", "always", "never")
+# llama-server's build from source, measured on the 2-core machine the project is built on (build_seconds in
+# ~/.cache/llm-inference/llama-server-*/build-info.json: 395 s); the one figure the docs and messages give.
+BASELINE_BUILD_TIME = "about 7 minutes on 2 cores"
+# Why the demo's figures are not a deployment's, said before and after the runs.
+WHAT_THE_NUMBERS_ARE = (
+    "the figures come from a tiny random-weight Llama 3 on this machine's CPU: they show how the data path "
+    "behaves (what the gateway adds, that streaming works), never what a GPU endpoint delivers"
+)
 
 
 @dataclass(frozen=True)
@@ -154,9 +162,9 @@ def _lambda_on_path() -> None:
 
 
 def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | None = None,
-               model: str = MODEL_ALIAS) -> list[str]:
+               model: str = MODEL_ALIAS, label: str | None = None) -> list[str]:
     argv = [
-        url, "--model", model,
+        url, "--model", model, "--label", label or out_dir.name,
         "--concurrency", options.concurrency,
         "--requests", str(options.requests),
         "--max-tokens", str(options.max_tokens),
@@ -256,13 +264,17 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
     baseline_binary = _baseline_binary(options, say, console)
 
     started = time.monotonic()
+    say(f"Note: {WHAT_THE_NUMBERS_ARE}.")
+    say(f"Workload: {options.prompt_tokens} prompt + {options.max_tokens} output tokens, {options.requests} requests "
+        f"at each of {options.concurrency} in flight (the bench's default, 128 + 64 at 6,12,24,32, is sized for a "
+        "GPU: a CPU engine would take an hour)")
     codes: list[int] = []
     direct, through = out / LABELS[0], out / LABELS[1]
     with ExitStack() as stack:
         path = start_aws_path(stack, options, ports, say, started)
-        say("\n[1/3] bench -> vLLM")
+        say(f"\n[1/3] {LABELS[0]}: bench -> vLLM")
         codes.append(_bench(bench_argv(path.engine.base_url + "/v1", options, direct, model=path.model_id)))
-        say("\n[2/3] bench -> gateway -> boto3 -> emulator -> LMI -> vLLM")
+        say(f"\n[2/3] {LABELS[1]}: bench -> gateway -> boto3 -> emulator -> LMI -> vLLM")
         codes.append(_bench(bench_argv(path.gateway_url, options, through, path.api_key, model=path.model_id)))
         metric_lines = count_emf_lines(path.gateway_log)
 
@@ -270,12 +282,13 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
     baseline = None
     if baseline_binary is not None:
         baseline = out / BASELINE_LABEL
-        say("\n[3/3] bench -> llama.cpp (the local baseline)")
+        say(f"\n[3/3] {BASELINE_LABEL}: bench -> llama.cpp (the local baseline)")
         codes.append(_bench_baseline(baseline_binary, options, baseline, logs, say))
         runs.append(baseline)
         labels.append(BASELINE_LABEL)
     else:
-        say("\n[3/3] llama.cpp baseline left out: not built (`make engine` builds it, ~9 min; then run again)")
+        say(f"\n[3/3] {BASELINE_LABEL} left out: llama-server is not built (`make engine` builds it, "
+            f"{BASELINE_BUILD_TIME}; then run again)")
 
     comparison = out / "comparison"
     codes.append(bench.run(["compare", *map(str, runs), "--labels", ",".join(labels), "--out", str(comparison)]))
@@ -439,7 +452,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
-    console = Console(stderr=True)
+    # soft_wrap: rich never breaks a line (a path) mid-word; the terminal wraps long lines, copy-paste stays whole.
+    console = Console(stderr=True, soft_wrap=True)
     from bench.cli_base import interruptible
 
     started = time.monotonic()
@@ -470,11 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     console.print()
     print_overhead(overhead_table(result.direct, result.gateway), console)
-    console.print(
-        f"gateway wrote {result.gateway_metric_lines} EMF metric records ({options.out / 'logs' / 'gateway.log'})\n"
-        f"results: {result.direct}/, {result.gateway}/, {result.baseline or '(no baseline)'}, {result.comparison}/compare.md  "
-        f"({time.monotonic() - started:.0f}s in all)"
-    )
+    console.print(f"gateway wrote {result.gateway_metric_lines} EMF metric records to")
+    console.print(f"  {options.out / 'logs' / 'gateway.log'}", highlight=False)
+    console.print(f"results ({time.monotonic() - started:.0f}s in all), one folder per run:")
+    for label, path in ((LABELS[0], result.direct), (LABELS[1], result.gateway), (BASELINE_LABEL, result.baseline),
+                        ("comparison", result.comparison / "compare.md")):
+        console.print(f"  {label:<13} {path if path is not None else '(not built: make engine)'}", highlight=False)
+    console.print(f"Note: {WHAT_THE_NUMBERS_ARE}.")
     return result.exit_code
 
 

@@ -1,7 +1,7 @@
 """The local demo: its option checks and summaries, and end to end: vLLM started from the aws stack's rendered
 Model environment, through the gateway, and the llama.cpp baseline.
 
-`make test` installs vLLM (`make vllm`) and builds llama-server (about 9 minutes on 2 cores, then cached
+`make test` installs vLLM (`make vllm`) and builds llama-server (about 7 minutes on 2 cores, then cached
 outside the clone) before the tests, so the e2e test never skips: a machine without them fails here with
 the command that installs them.
 """
@@ -33,6 +33,12 @@ from local.engine import free_port, port_in_use
 def test_bad_options_name_the_flag(fields, needle):
     with pytest.raises(LocalSetupError, match=needle.replace("(", r"\(")):
         DemoOptions(**fields)
+
+
+def test_each_bench_run_is_labelled_by_its_path(tmp_path):
+    argv = demo.bench_argv("http://127.0.0.1:1/v1", DemoOptions(), tmp_path / demo.LABELS[1], "k", model="m")
+    assert argv[argv.index("--label") + 1] == "vllm-gateway"
+    assert demo.bench_argv("http://x/v1", DemoOptions(), tmp_path / "x", label="llamacpp")[4] == "llamacpp"
 
 
 def test_slots_fit_prompt_and_reply():
