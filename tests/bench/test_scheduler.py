@@ -152,6 +152,7 @@ def run_runner(url, options=None, worker=0, workers=1, stop_after=None, **spec_f
         return runner
 
     runner = asyncio.run(go())
+    assert not runner._tasks, "run() returned with requests still in flight"
     return records, runner
 
 
@@ -200,6 +201,7 @@ def test_open_loop_duration_counts_from_the_first_measured_arrival(mock_server):
     assert [r["scheduled_s"] for r in sorted(records, key=lambda r: r["id"])] == \
         [0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06]
     assert [r["warmup"] for r in records if r["warmup"]] == [True, True]
+    assert all(r["ok"] for r in records)  # the last arrival's reply is waited for, not cut by the end of the level
 
 
 def test_open_loop_arrivals_are_seeded_per_worker_and_level(mock_server):
@@ -248,3 +250,58 @@ def test_stop_cancels_a_request_in_flight_without_recording_it(mock_server):
 
     records, runner = asyncio.run(go())
     assert records == [] and runner.sent == 2
+
+
+class FixedSessions:
+    """A prompt source whose every item is the same two-turn session (the shape bench.workloads makes)."""
+
+    def __init__(self, group):
+        from bench.workloads import Session, Turn
+
+        self.session = Session(system=[{"role": "system", "content": "S"}],
+                               turns=[Turn("first", 5, 2), Turn("second", 6, 3)], group=group)
+
+    def get(self, seq):
+        return self.session
+
+
+def run_sessions(url, group, worker=1, workers=2, **spec_fields):
+    records = []
+
+    async def go():
+        backend = Backend(url + "/chat/completions", {"Content-Type": "application/json"}, 5.0)
+        await backend.start()
+        spec = LevelSpec(**{"level": 0, "mode": "closed", "concurrency": 1, "rate": None, "arrival": "constant",
+                            "requests": 2, "warmup": 1, "duration_s": None, "start_at_ns": perf_counter_ns(),
+                            "seed": 0, **spec_fields})
+        runner = LevelRunner(backend, FixedSessions(group), spec, RequestOptions(model="m"), records.append, worker,
+                             workers)
+        try:
+            await runner.run()
+        finally:
+            await backend.close()
+        return runner
+
+    runner = asyncio.run(go())
+    return records, runner
+
+
+def test_session_turns_are_numbered_per_session_and_carry_their_group(logged_server):
+    server, bodies = logged_server()
+    records, runner = run_sessions(server.url, group=3)
+    # Sessions 1, 3, 5 (worker 1 of 2): turn t of session n is record n * 2 + t; the first is warmup.
+    assert [(r["id"], r["session"], r["turn"], r["warmup"]) for r in records] == [
+        (2, 1, 1, True), (3, 1, 2, True), (6, 3, 1, False), (7, 3, 2, False), (10, 5, 1, False), (11, 5, 2, False)]
+    assert {r["prefix_group"] for r in records} == {3}
+    assert [(r["prompt_tokens_target"], r["max_tokens"]) for r in records] == [(5, 2), (6, 3)] * 3
+    assert runner.sent == 6
+    assert [len(b["messages"]) for b in bodies] == [2, 4] * 3
+    assert bodies[1]["messages"][2]["role"] == "assistant" and bodies[1]["messages"][3]["content"] == "second"
+    records, _ = run_sessions(server.url, group=None, warmup=0, requests=1)
+    assert [(r["id"], r["turn"]) for r in records] == [(2, 1), (3, 2)] and "prefix_group" not in records[0]
+
+
+def test_a_failed_turn_ends_its_session(mock_server):
+    records, runner = run_sessions(mock_server(faults={"http_500": 1.0}).url, group=None, warmup=0, requests=2)
+    assert [(r["session"], r["turn"], r["ok"]) for r in records] == [(1, 1, False), (3, 1, False)]
+    assert runner.sent == 2
