@@ -124,6 +124,7 @@ class Search:
             for label, value in (("start", self.start), ("lower", self.lower), ("upper", self.upper)):
                 if value != int(value):
                     raise ValueError(f"search {label} {value!r}: a concurrency is a whole number")
+            self.start, self.lower, self.upper = int(self.start), int(self.lower), int(self.upper)
         if not 0 < self.lower <= self.start <= self.upper:
             raise ValueError(
                 f"search {name}: need 0 < lower <= start <= upper, got lower {self.lower:g}, start {self.start:g}, "
@@ -294,6 +295,10 @@ class SearchPlan:
         key = "rate" if self.spec.kind == "max_rate" else "concurrency"
         out = []
         for p in self.probes:
+            if key == "concurrency" and p["requests"] is not None and p["requests"] < p[key]:
+                out.append(f"the probe at concurrency {p[key]} measured {p['requests']} requests, fewer than its "
+                           "concurrency: the server never held that many at once; give --requests of at least "
+                           "the concurrency, or --duration")
             if not p["valid"] and p[key] in (answer, missed_at):
                 where = "the answer" if p[key] == answer else "the first miss"
                 out.append(f"{where} ({key} {p[key]:g}) was measured with the client as a bottleneck "

@@ -66,8 +66,8 @@ def test_bounds_and_max_probes_always_end_the_search():
     low = Search("max_rate", start=1, lower=0.25)
     assert drive(low, lambda r: False) == [1, 0.5, 0.25]
     assert low.answer is None and low.stop_reason == "even the lower bound 0.25 missed the SLO"
-    high = Search("max_concurrency", start=4, upper=20)
-    assert drive(high, lambda c: True) == [4, 8, 16, 20]
+    high = Search("max_concurrency", start=4.0, upper=20.0)  # as the flags give them
+    assert drive(high, lambda c: True) == [4, 8, 16, 20] and high.upper == 20 and isinstance(high.upper, int)
     assert high.answer == 20 and "upper bound 20 met the SLO" in high.stop_reason
     short = Search("max_rate", start=1, max_probes=5)
     assert len(drive(short, lambda r: r <= 1000)) == 5
@@ -284,3 +284,14 @@ def test_a_probe_stopped_by_the_error_limit_missed_and_the_search_goes_on(tmp_pa
     for probe in search["probes"][2:]:
         assert probe["why"] in ("every request failed", f"errors {probe['error_rate']:.1%} > 5.0%")
     assert "over --max-error-rate" in summary["levels"][2]["stopped_early"]
+
+
+def test_a_concurrency_probe_shorter_than_its_concurrency_is_warned_about(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_concurrency", SearchSlo(ttft_ms=200), start=8, upper=16))
+    for lv in plan.levels():
+        plan.record({**level(requests=12), "rate": None, "concurrency": lv.concurrency})
+    assert [p["concurrency"] for p in plan.probes] == [8, 16]
+    assert plan.result()["warnings"] == [
+        "the probe at concurrency 16 measured 12 requests, fewer than its concurrency: the server never held "
+        "that many at once; give --requests of at least the concurrency, or --duration"]
