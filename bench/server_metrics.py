@@ -286,7 +286,7 @@ def _pair(gauge: Mapping | None, percent: bool = False) -> str:
     if not gauge:
         return "-"
     if percent:
-        return f"{100 * gauge['mean']:.0f}% / {100 * gauge['max']:.0f}%"
+        return f"{100 * gauge['mean']:.3g}% / {100 * gauge['max']:.3g}%"  # vLLM on a CPU: 0.01%
     return f"{gauge['mean']:.1f} / {gauge['max']:g}"
 
 

@@ -285,3 +285,25 @@ def test_no_server_metrics_asks_nothing(tmp_path, mock_server):
     assert run(server.url, tmp_path / "run", "--no-server-metrics", "--no-charts") == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "server_metrics" not in summary and summary["config"]["server_metrics"] is False
+
+
+def test_report_rows_and_console_line_from_literal_levels():
+    metrics = {"vllm:num_requests_running": {"mean": 7.5, "max": 8, "last": 8},
+               "vllm:num_requests_waiting": {"mean": 2.25, "max": 5, "last": 0},
+               "vllm:kv_cache_usage_perc": {"mean": 0.0001, "max": 0.4123, "last": 0.3},
+               "vllm:num_preemptions_total": {"rate_per_s": 0.5, "increase": 15},
+               "vllm:prompt_tokens_total": {"rate_per_s": 830.04, "increase": 25000},
+               "vllm:generation_tokens_total": {"rate_per_s": 166.89, "increase": 5000}}
+    summary = {"server_metrics": {"url": "http://h/metrics", "interval_s": 1.0, "available": True, "problem": None,
+                                  "scrapes": 9, "failed_scrapes": 2},
+               "levels": [{"concurrency": 8, "rate": None, "output_throughput_tok_s": 125.0, "server_metrics": metrics},
+                          {"concurrency": 256, "rate": 4.0, "output_throughput_tok_s": 60.0}]}
+    lines = server_metrics.report_lines(summary)
+    assert "(9 scrapes, 2 failed)" in lines[2]
+    assert lines[-3] == "| c=8 | 7.5 / 8 | 2.2 / 5 | 0.01% / 41.2% | 0.5 | 830.0 | 166.9 | 125.0 |"
+    assert lines[-2] == "| 4 req/s | - | - | - | - | - | - | 60.0 |"
+    assert server_metrics.console_line(summary["levels"][0]) == (
+        "server: running 7.5 / 8, waiting 2.2 / 5, KV cache 0.01% / 41.2%, server 167 gen tok/s (mean / max)")
+    assert server_metrics.console_line(summary["levels"][1]) is None
+    absent = {"server_metrics": {"available": False, "problem": "http://h/metrics: HTTP 404"}, "levels": []}
+    assert server_metrics.report_lines(absent) == ["## Inside the server", "", "No server metrics: http://h/metrics: HTTP 404.", ""]
