@@ -245,3 +245,17 @@ def test_limits_are_accepted_at_their_edges():
     EndpointMonitoringArgs(**{**ARGS, "error_rate_percent": 0.01, "slo_latency_p95_ms": 2000,
                               "slo_latency_p99_ms": 2000}).validate()
     EndpointMonitoringArgs(**{**ARGS, "error_rate_percent": 100, "alarm_email": "a@b"}).validate()
+
+
+def test_the_options_given_reach_the_component():
+    import pulumi
+
+    def program():
+        outer = pulumi.ComponentResource("test:index:Outer", "outer")
+        EndpointMonitoring("w", EndpointMonitoringArgs(**ARGS), opts=pulumi.ResourceOptions(parent=outer))
+        return {}
+
+    run = run_program(program, stack="dev")
+    (outer,) = [r for r in run.resources if r.type == "test:index:Outer"]
+    (component,) = [r for r in run.resources if r.type == "llminfer:aws:EndpointMonitoring"]
+    assert component.parent == outer.urn
