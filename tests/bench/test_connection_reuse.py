@@ -1,14 +1,22 @@
 """Keep-alive reuse against a real server that closes its connections after every N requests.
 
-llama.cpp's llama-server (cpp-httplib 0.58, vendored in llama-cpp-python 0.3.36) serves at most
-CPPHTTPLIB_KEEPALIVE_MAX_COUNT (100) requests per connection and, on the last one, answers with
-`Connection: close` (httplib.cpp, Server::process_request: `close_connection = count == 1`); older
-cpp-httplib (<= 0.12) allowed 5, and any HTTP/1.1 server may close an idle connection at the instant a
-request is written on it (its keep-alive timeout, RFC 9112 section 9.3.1). The server here does both, so
-each case is exact: `announce` answers the Nth request with `Connection: close` and closes; `silent`
-answers N requests as if it would keep the connection, then reads request N+1 and closes without a byte
-of reply (the race the first `make demo` lost a request to); `midstream` cuts a reply after its headers;
-`drop_all` closes every request, on new connections too.
+What the first `make demo` lost a request to: llama.cpp's llama-server (llama-cpp-python 0.3.36, cpp-httplib
+0.58) closes the connection after every streamed reply, while announcing `Keep-Alive: timeout=5, max=100`
+and no `Connection: close` (seen with http.client on one connection: the second request gets "Remote end
+closed connection without response" or a broken pipe). Source: tools/server/server-http.cpp's
+chunked_content_provider returns `has_next`, false after the last chunk's `sink.done()`, and cpp-httplib's
+write_content_chunked takes a false return as Error::Canceled, so the response "fails" and
+process_server_socket_core leaves its keep-alive loop. A pooled connection is then dead as soon as its
+stream ends; a request put on it before the client saw the FIN fails at once, and at c=8 several are
+dead together, so a retry through the pool can land on another. cpp-httplib also caps a connection at
+CPPHTTPLIB_KEEPALIVE_MAX_COUNT requests (100; 5 in releases <= 0.12), announced with `Connection: close`
+on the last, and any HTTP/1.1 server may close an idle connection as a request arrives (RFC 9112 9.3.1).
+
+The server here makes each case exact: `announce` answers the Nth request with `Connection: close` and
+closes; `silent` answers N requests as if it would keep the connection, then reads request N+1 and closes
+without a byte of reply; `after_reply` closes right after each reply without saying so (llama-server's
+way: whether the client sees the FIN before reusing is a race); `midstream` cuts a reply after its
+headers; `drop_all` closes every request, on new connections too.
 """
 
 from __future__ import annotations
@@ -75,15 +83,19 @@ class ClosingServer:
                     await writer.drain()
                     self.dropped += 1
                     return  # the reply began: a real failure, not a reuse race
-                close = self.mode in ("announce", "midstream") and last
+                close = (self.mode in ("announce", "midstream") and last) or self.mode == "after_reply"
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             + (b"Connection: close\r\n" if close else b"")
+                             + (b"Connection: close\r\n" if close and self.mode != "after_reply" else b"")
                              + b"Content-Length: %d\r\n\r\n" % len(REPLY) + REPLY)
                 await writer.drain()
                 self.answered += 1
                 served += 1
                 if close:
-                    return
+                    if self.mode == "after_reply":
+                        # llama-server's close comes as its thread leaves the keep-alive loop; the 20 ms
+                        # make the window in which the client reuses the connection certain, not luck.
+                        await asyncio.sleep(0.02)
+                    return  # `announce` said so in its headers; `after_reply` did not
         finally:
             self.served_per_connection.append(served)
             writer.close()
@@ -158,6 +170,17 @@ def test_a_request_on_a_connection_closed_under_it_is_sent_again_on_a_new_one(cl
     # Each dropped request was on a reused connection and was retried once, on a new connection.
     assert retried == server.dropped > 0
     assert server.answered == 48
+
+
+@pytest.mark.parametrize("stamping", ["protocol", "task"])
+def test_a_server_closing_after_every_streamed_reply_without_saying_so_costs_no_error(closing_server, stamping):
+    server = closing_server("after_reply", every=1)
+    records = run_load(server.url, requests=64, concurrency=8, stamping=stamping)
+    assert [r["error_detail"] for r in records if not r["ok"]] == []
+    assert server.answered == 64 and max(server.served_per_connection) == 1
+    # Queued sends reuse a released connection within the 20 ms: those requests lost the race, were sent
+    # again on a new connection, and only those.
+    assert 0 < sum(1 for r in records if r.get("retried")) <= 64 - 8
 
 
 def test_a_reply_cut_after_its_headers_counts_and_is_not_retried(closing_server):
