@@ -18,6 +18,7 @@ through WAF.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,11 @@ EVALUATION_WINDOW_SECONDS = 300
 MANAGED_RULE_GROUPS = ("AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet")
 MANAGED_RULE_ACTIONS = ("count", "none")  # none: the group's own actions (block)
 WAF_LOG_GROUP_PREFIX = "aws-waf-logs-"
+# A blocked IP gets what an OpenAI client expects of a rate limit (429, OpenAI's error shape, Retry-After: it
+# backs off and retries) instead of WAF's default 403, which the client would take for a bad key.
+RATE_LIMITED_STATUS = 429
+RATE_LIMITED_BODY_KEY = "ip-rate-limited"
+RETRY_AFTER_SECONDS = 60
 METRICS_NAMESPACE = "AWS/WAFV2"
 
 
@@ -100,6 +106,15 @@ def _visibility(metric_name: str) -> wafv2.WebAclRuleVisibilityConfigArgs:
         cloudwatch_metrics_enabled=True, metric_name=metric_name, sampled_requests_enabled=True)
 
 
+def rate_limited_body(args: ApiWafArgs) -> str:
+    """The JSON a client blocked by the per-IP rule reads (the gateway's own 429 has the same type)."""
+    return json.dumps({"error": {
+        "message": f"Too many requests from this IP address (more than {args.rate_limit_per_ip} in 5 minutes); "
+                   f"retry after {RETRY_AFTER_SECONDS} s",
+        "type": "rate_limit_error", "param": None, "code": "ip_rate_limit_exceeded",
+    }}, sort_keys=True)
+
+
 def web_acl_rules(args: ApiWafArgs) -> list[wafv2.WebAclRuleArgs]:
     """The rate-based rule first (priority 0), then the managed groups in MANAGED_RULE_GROUPS order.
 
@@ -107,7 +122,13 @@ def web_acl_rules(args: ApiWafArgs) -> list[wafv2.WebAclRuleArgs]:
     rules = [wafv2.WebAclRuleArgs(
         name="rate-limit-per-ip",
         priority=0,
-        action=wafv2.WebAclRuleActionArgs(block=wafv2.WebAclRuleActionBlockArgs()),
+        action=wafv2.WebAclRuleActionArgs(block=wafv2.WebAclRuleActionBlockArgs(
+            custom_response=wafv2.WebAclRuleActionBlockCustomResponseArgs(
+                response_code=RATE_LIMITED_STATUS,
+                custom_response_body_key=RATE_LIMITED_BODY_KEY,
+                response_headers=[wafv2.WebAclRuleActionBlockCustomResponseResponseHeaderArgs(
+                    name="Retry-After", value=str(RETRY_AFTER_SECONDS))],
+            ))),
         statement=wafv2.WebAclRuleStatementArgs(rate_based_statement=wafv2.WebAclRuleStatementRateBasedStatementArgs(
             aggregate_key_type="IP",  # the connection's source IP: an X-Forwarded-For header can be forged
             limit=args.rate_limit_per_ip,
@@ -175,6 +196,8 @@ class ApiWaf(pulumi.ComponentResource):
             scope="REGIONAL",  # API Gateway stages take regional web ACLs (CLOUDFRONT is for distributions)
             default_action=wafv2.WebAclDefaultActionArgs(allow=wafv2.WebAclDefaultActionAllowArgs()),
             rules=web_acl_rules(args),
+            custom_response_bodies=[wafv2.WebAclCustomResponseBodyArgs(
+                key=RATE_LIMITED_BODY_KEY, content=rate_limited_body(args), content_type="APPLICATION_JSON")],
             visibility_config=wafv2.WebAclVisibilityConfigArgs(
                 cloudwatch_metrics_enabled=True, metric_name=args.name, sampled_requests_enabled=True),
             tags=tags,

@@ -72,7 +72,9 @@ def test_rate_rule_first_then_the_managed_groups_in_count_mode(waf):
     assert [(r["name"], r["priority"]) for r in rules] == [
         ("rate-limit-per-ip", 0), ("AWSManagedRulesCommonRuleSet", 1), ("AWSManagedRulesKnownBadInputsRuleSet", 2)]
     rate = rules[0]
-    assert rate["action"] == {"block": {}} and "overrideAction" not in rate
+    assert rate["action"] == {"block": {"customResponse": {
+        "responseCode": 429, "customResponseBodyKey": "ip-rate-limited",
+        "responseHeaders": [{"name": "Retry-After", "value": "60"}]}}} and "overrideAction" not in rate
     assert rate["statement"] == {"rateBasedStatement": {"aggregateKeyType": "IP", "limit": 1000, "evaluationWindowSec": 300}}
     for managed in rules[1:]:
         assert managed["overrideAction"] == {"count": {}} and "action" not in managed
@@ -80,6 +82,14 @@ def test_rate_rule_first_then_the_managed_groups_in_count_mode(waf):
     names = [r["visibilityConfig"]["metricName"] for r in rules]
     assert names == ["chat-rate-limit-per-ip", "chat-AWSManagedRulesCommonRuleSet", "chat-AWSManagedRulesKnownBadInputsRuleSet"]
     assert all(r["visibilityConfig"]["cloudwatchMetricsEnabled"] for r in rules)
+
+
+def test_a_blocked_ip_gets_an_openai_shaped_429(waf):
+    (body,) = waf.one("aws:wafv2/webAcl:WebAcl").inputs["customResponseBodies"]
+    assert body["key"] == "ip-rate-limited" and body["contentType"] == "APPLICATION_JSON"
+    error = json.loads(body["content"])["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "ip_rate_limit_exceeded"
+    assert "more than 1000 in 5 minutes" in error["message"] and error["param"] is None
 
 
 def test_the_managed_groups_block_when_asked():
