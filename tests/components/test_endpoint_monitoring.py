@@ -145,6 +145,13 @@ def widgets(**changes) -> list[dict]:
     return json.loads(dashboard_body(EndpointMonitoringArgs(**{**ARGS, **changes}), "ep"))["widgets"]
 
 
+def test_the_dashboard_body_is_stable_json():
+    # Keys sorted: the same config renders the same body, so `pulumi up` shows no dashboard diff.
+    body = dashboard_body(EndpointMonitoringArgs(**ARGS), "ep")
+    assert body == json.dumps(json.loads(body), sort_keys=True)
+    assert body.startswith('{"widgets": [{"height": 6, "properties": {"metrics": [["NS/x", "CompletionTokens"')
+
+
 def test_the_dashboard_layout_and_metrics():
     board = widgets()
     assert [(w["x"], w["y"], w["width"], w["height"], w["type"]) for w in board] == [
