@@ -36,6 +36,7 @@ class LevelCapacity:
 
         self.reader = reader
         self.note: str | None = None
+        self._noted = False  # the note goes on the first level it concerns, not on every one
         if reader is None and spec is not None:
             try:
                 self.reader = from_spec(spec, url)
@@ -58,8 +59,9 @@ class LevelCapacity:
 
     def attach(self, level_summary: dict, start: list | None, end: list | None) -> None:
         if start is None and end is None:
-            if self.note:
+            if self.note and not self._noted:
                 level_summary.setdefault("warnings", []).append(self.note)
+                self._noted = True
             return
         level_summary["instances"] = {"start": start, "end": end}
         warnings = level_summary.setdefault("warnings", [])

@@ -51,6 +51,9 @@ def test_a_reader_that_fails_is_noted_and_the_level_kept():
                                                        CapacityUnavailable("no credentials"))), {}
     counter.attach(level, counter.read(), counter.read())
     assert level == {"warnings": ["instance counts not read: no credentials"]}
+    later = {}
+    counter.attach(later, None, None)
+    assert later == {}  # said once, on the first level, not on every one
     unknown = LevelCapacity({"kind": "nimbus"})
     assert unknown.reader is None and "capacity kind 'nimbus' is unknown" in unknown.note
 
