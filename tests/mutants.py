@@ -58,9 +58,10 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
                             ["tests/components/test_endpoint_monitoring.py",
                              "tests/components/test_token_autoscaling_math.py", "tests/components/test_aws_endpoint.py"]),
     "planner": (["planning/planner.py"], ["tests/planning/test_planner.py"]),
+    "breakeven": (["planning/breakeven.py"], ["tests/planning/test_breakeven.py"]),
 }
 
-ALSO_COPY = ["bench", "components", "stacks", "local", "policy", "lambda", "gateway", "__main__.py", "Pulumi.yaml",
+ALSO_COPY = ["bench", "planning", "components", "stacks", "local", "policy", "lambda", "gateway", "docs", "__main__.py", "Pulumi.yaml",
              "Pulumi.aws.yaml", "Pulumi.azure.yaml", "Pulumi.gcp.yaml"]
 
 
@@ -96,6 +97,9 @@ def configure(tree: Path, paths: list[str], tests: list[str]) -> None:
             f"pytest_add_cli_args_test_selection = {toml_list([t for t in tests if not t.endswith('.py') or (tree / t).exists()])}\n"
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
             f"also_copy = {toml_list([a for a in ALSO_COPY if (tree / a).exists()])}\n"
+            # a mutant that hangs is stopped after 4x its tests' clean duration (mutmut's default 15x made one
+            # hanging scheduler mutant cost 90 s of a 5 s test run)
+            "timeout_multiplier = 4.0\n"
         )
 
 
