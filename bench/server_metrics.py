@@ -142,7 +142,8 @@ class Scraper:
         self.scrapes = 0
         self.failed_scrapes = 0  # failures after the first success (counted, the series goes on)
         self._series: LevelSeries | None = None
-        self._final: threading.Event | None = None
+        self._ending = False  # the next scrape is the one after the level's end
+        self._waiters: list[threading.Event] = []  # set once a scrape begun after they asked is done
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -157,23 +158,29 @@ class Scraper:
         self._thread.start()
 
     def begin_level(self) -> None:
+        """Waits for the scrape at the level's start, so the counters' base is before its first request."""
         with self._lock:
             self._series = LevelSeries()
-        self._wake.set()
+        self._scrape_now()
 
     def end_level(self) -> dict | None:
         """The level's metrics (None when the server has none); waits for one scrape after the level."""
-        done = threading.Event()
         with self._lock:
-            self._final = done
-        self._wake.set()
-        if self._thread is not None and self._thread.is_alive() and self.available:
-            done.wait(self.timeout_s + self.interval_s + 1)
+            self._ending = True
+        self._scrape_now()
         with self._lock:
-            series, self._series, self._final = self._series, None, None
+            series, self._series, self._ending = self._series, None, False
         if series is None or not series.scrapes:
             return None
         return series.summary()
+
+    def _scrape_now(self) -> None:
+        done = threading.Event()
+        with self._lock:
+            self._waiters.append(done)
+        self._wake.set()
+        if self._thread is not None and self._thread.is_alive() and self.available:
+            done.wait(self.timeout_s + 1)
 
     def close(self) -> None:
         self._stop.set()
@@ -191,19 +198,21 @@ class Scraper:
 
         with httpx.Client(timeout=self.timeout_s, headers=self.headers, follow_redirects=True) as client:
             while not self._stop.is_set() and self.available:
-                with self._lock:
-                    final, active = self._final, self._series is not None
-                if active:
-                    self._scrape(client, final)
-                if final is not None:
-                    final.set()
-                self._wake.wait(self.interval_s)
                 self._wake.clear()
+                with self._lock:
+                    waiters, self._waiters = self._waiters, []
+                    active, ending = self._series is not None, self._ending
+                if active:
+                    self._scrape(client, ending)
+                for done in waiters:
+                    done.set()
+                self._wake.wait(self.interval_s)
         with self._lock:  # stopped or given up: nobody waits for a scrape that will not come
-            if self._final is not None:
-                self._final.set()
+            for done in self._waiters:
+                done.set()
+            self._waiters = []
 
-    def _scrape(self, client, final) -> None:
+    def _scrape(self, client, ending: bool) -> None:
         t_sent = time.monotonic()
         try:
             values = parse(self._get(client))
@@ -217,7 +226,7 @@ class Scraper:
         self.scrapes += 1
         with self._lock:
             if self._series is not None:
-                edge = final is not None or not self._series.scrapes
+                edge = ending or not self._series.scrapes
                 self._series.add(t, values, edge=edge)
 
     def _get(self, client) -> str:
