@@ -191,3 +191,54 @@ def test_sagemaker_vpc_adds_the_network_to_sagemaker_prices_only(capsys):
     assert private[name]["break_even_utilization"] == pytest.approx(
         plain["ml.g5.2xlarge"]["break_even_utilization"] * 1.905 / 1.8)
     assert private["g2-standard-8"]["price_per_hour"] == 1.0  # not a SageMaker type
+
+
+# Edges the mutation run (python tests/mutants.py breakeven) showed untested.
+
+
+def test_one_free_side_is_a_price():
+    assert breakeven.parse_api_price("0,1.5") == ApiPrice(0.0, 1.5)
+
+
+@pytest.mark.parametrize(("tin", "tout", "ok"), [(0.0, 0.5, True), (0.0, 0.0, False), (-1.0, 5.0, False)])
+def test_throughput_needs_output_tokens(tin, tout, ok):
+    if ok:
+        assert Throughput(tin, tout, "x").tokens_per_s == tin + tout
+    else:
+        with pytest.raises(BreakEvenError, match=r"throughput \(x\) must have output tokens/s > 0"):
+            Throughput(tin, tout, "x")
+
+
+def test_zero_utilization_is_refused():
+    with pytest.raises(BreakEvenError, match="--utilization must be in"):
+        compare(1.0, RUN, 0, None)
+
+
+def test_level_choice_and_labels(tmp_path):
+    run = {"config": {"price_per_hour_usd": 2.0}, "levels": [
+        # the fastest level, but no duration: not a candidate
+        {"concurrency": 64, "rate": None, "duration_s": 0, "prompt_tokens": 1, "output_throughput_tok_s": 900.0},
+        {"concurrency": 16, "rate": 2.5, "duration_s": 10.0, "output_throughput_tok_s": 0.5},
+    ]}
+    throughput, price = breakeven.measured_throughput_of(run, "run")
+    assert throughput.source == "measured: run, level 2.5 req/s"
+    assert (throughput.input_tokens_per_s, throughput.output_tokens_per_s) == (0.0, 0.5)  # no prompt count: 0
+    assert price == 2.0  # no instance_count: one instance
+    with pytest.raises(BreakEvenError, match="run is not a bench summary"):
+        breakeven.measured_throughput_of([], "run")
+
+
+def test_for_plan_skips_unpriced_instances_and_names_its_source():
+    from planning import catalog
+
+    spec = catalog.require_model(planner.DEFAULT_MODEL_ID)
+    plan = planner.build_plan(spec, [catalog.instance("g2-standard-8"), catalog.instance("ml.g5.2xlarge")],
+                              planner.Engine(), [planner.Workload(concurrency=1), planner.Workload(concurrency=8)],
+                              price_overrides={"ml.g5.2xlarge": 1.8})
+    plan.prices["g2-standard-8"] = None  # unpriced: left out, the next one still compared
+    result = breakeven.for_plan(plan, None, 1.0)
+    assert list(result) == ["ml.g5.2xlarge"]
+    workload = planner.Workload(concurrency=8)
+    assert result["ml.g5.2xlarge"].throughput.source == (
+        f"roofline, concurrency 8, {workload.prompt_tokens} prompt + {workload.output_tokens} output tokens")
+    assert list(breakeven.for_plan(plan, None, 1.0, sagemaker_vpc=False)) == ["ml.g5.2xlarge"]
