@@ -215,11 +215,12 @@ def test_bad_search_flags_exit_2_with_one_line(capsys, argv, needle):
 # ----------------------------------------------------------------- against a server of known capacity
 
 # The mock serves SLOTS requests at once and queues the rest; each takes TTFT + (TOKENS - 1) x ITL.
-# Margins are wide (TTFT 20 ms unqueued, ~160 ms queued, SLO 90 ms) and the load runs in a worker
-# process of its own, so a busy machine does not move the answer.
-SLOTS, TTFT_MS, ITL_MS, TOKENS = 3, 20, 8, 16
-SERVICE_S = (TTFT_MS + (TOKENS - 1) * ITL_MS) / 1000  # 0.14 s
-SLO_TTFT_MS = 90  # a request that waits for a slot waits a good part of SERVICE_S: it misses
+# Margins are wide (TTFT 50 ms unqueued, ~400 ms queued, SLO 200 ms) and the load runs in a worker
+# process of its own, so a busy machine (stalls of 70 ms seen at load average 8 on 2 cores) does not
+# move the answer.
+SLOTS, TTFT_MS, ITL_MS, TOKENS = 3, 50, 20, 16
+SERVICE_S = (TTFT_MS + (TOKENS - 1) * ITL_MS) / 1000  # 0.35 s
+SLO_TTFT_MS = 200  # a request that waits for a slot waits a good part of SERVICE_S: it misses
 
 
 def search_run(server, out, *args):
@@ -231,40 +232,41 @@ def search_run(server, out, *args):
 
 def test_max_concurrency_is_the_servers_slots(tmp_path, mock_server):
     # Closed loop: up to SLOTS clients never wait (TTFT ~ 20 ms); one more and every cycle one request
-    # waits a whole service time (~140 ms) for a slot: 1 in SLOTS+1 requests, over the 5% of p95.
+    # waits a whole service time (~350 ms) for a slot: 1 in SLOTS+1 requests, over the 5% of p95.
     server = mock_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_concurrent=SLOTS)
-    code, summary = search_run(server, tmp_path / "run", "--find-max-concurrency", "--requests", "32")
+    code, summary = search_run(server, tmp_path / "run", "--find-max-concurrency", "--requests", "24",
+                               "--search-start", "2")
     assert code == 0 and summary["status"] == "complete"
     search = summary["search"]
     assert search["kind"] == "max_concurrency" and search["stopped"] == "precision reached"
     assert (search["max_concurrency"], search["first_miss"]) == (SLOTS, SLOTS + 1)
     probes = {p["concurrency"]: p for p in search["probes"]}
-    assert [p["concurrency"] for p in search["probes"]] == [1, 2, 4, 3]
+    assert [p["concurrency"] for p in search["probes"]] == [2, 4, 3]
     assert all(p["met"] == (c <= SLOTS) for c, p in probes.items())
     assert probes[4]["why"].startswith("TTFT p95 ")
-    assert search["level"] == 3 and search["goodput_rps"] == summary["levels"][3]["goodput_rps"] > 0
+    assert search["level"] == 2 and search["goodput_rps"] == summary["levels"][2]["goodput_rps"] > 0
     # The server's own view agrees: a queue only where the probe missed.
     waiting = {lv["concurrency"]: lv["server_metrics"]["vllm:num_requests_waiting"]["max"] for lv in summary["levels"]}
-    assert waiting[1] == waiting[2] == waiting[3] == 0 and waiting[4] >= 1
+    assert waiting[2] == waiting[3] == 0 and waiting[4] >= 1
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "## Operating point" in report and "Highest concurrency meeting TTFT p95 <= 90 ms" in report
+    assert "## Operating point" in report and "Highest concurrency meeting TTFT p95 <= 200 ms" in report
 
 
 def test_max_rate_lands_within_the_precision_of_the_capacity(tmp_path, mock_server):
-    # Constant arrivals: below slots / SERVICE_S (28.6 req/s) no request waits; above it the queue grows
-    # by (1 - capacity/rate) of a service time per request, so over 60 requests p95 TTFT passes the SLO
-    # within about 3% above the capacity. The answer must be within --search-precision below that.
-    slots = 4
+    # Constant arrivals: below slots / SERVICE_S (22.9 req/s) no request waits; above it the queue grows
+    # by (1 - capacity/rate) x SERVICE_S / slots per request, so over 60 requests p95 TTFT passes the SLO
+    # about 6% above the capacity. The answer must be within --search-precision below that.
+    slots = 8
     capacity = slots / SERVICE_S
     server = mock_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_concurrent=slots)
     code, summary = search_run(server, tmp_path / "run", "--find-max-rate", "--arrival", "constant",
-                               "--requests", "60", "--search-start", "14", "--search-precision", "10%",
+                               "--requests", "60", "--search-start", "8", "--search-precision", "10%",
                                "--price-per-hour", "3.6")
     search = summary["search"]
     assert code == 0 and search["stopped"] == "precision reached"
     answer, miss = search["max_rate_rps"], search["first_miss"]
     assert miss - answer <= 0.1 * answer
-    assert capacity / 1.1 * 0.95 <= answer <= capacity * 1.05 and miss > capacity * 0.95
+    assert capacity / 1.1 * 0.95 <= answer <= capacity * 1.1 and miss > capacity
     point = summary["levels"][search["level"]]
     assert point["rate"] == answer and search["cost_per_1k_tokens_usd"] == point["cost_per_1k_tokens_usd"] > 0
     assert all(p["met"] == (p["rate"] <= answer) for p in search["probes"])
@@ -275,15 +277,15 @@ def test_a_probe_stopped_by_the_error_limit_missed_and_the_search_goes_on(tmp_pa
     # about a third and --max-error-rate stops that probe early; the search carries on below it.
     server = mock_server(ttft_ms=TTFT_MS, itl_ms=ITL_MS, max_concurrent=2, max_queue=0)
     code, summary = search_run(server, tmp_path / "run", "--find-max-concurrency", "--requests", "30",
-                               "--max-error-rate", "5%")
+                               "--max-error-rate", "5%", "--search-start", "2")
     search = summary["search"]
     assert code == 0 and summary["status"] == "complete" and search["stopped"] == "precision reached"
-    assert [p["concurrency"] for p in search["probes"]] == [1, 2, 4, 3] and search["max_concurrency"] == 2
+    assert [p["concurrency"] for p in search["probes"]] == [2, 4, 3] and search["max_concurrency"] == 2
     assert search["slo"]["max_error_rate"] == 0.05
     # (503s come back at once, so the failing slots cycle fast: the first 20 requests can all be errors)
-    for probe in search["probes"][2:]:
+    for probe in search["probes"][1:]:
         assert probe["why"] in ("every request failed", f"errors {probe['error_rate']:.1%} > 5.0%")
-    assert "over --max-error-rate" in summary["levels"][2]["stopped_early"]
+    assert "over --max-error-rate" in summary["levels"][1]["stopped_early"]
 
 
 def test_a_concurrency_probe_shorter_than_its_concurrency_is_warned_about(tmp_path):
