@@ -87,6 +87,7 @@ def test_outputs(run):
         "fqdn": FQDN,
         "publicIp": "203.0.113.30",
         "keyVaultName": "llm-azure-kv-mockra",
+        "capacity": {"kind": "fixed", "instances": 1},
     }
     assert run.secret_outputs == {"apiKey"}
 

@@ -58,6 +58,8 @@ def test_outputs(gcp):
         "clusterLocation": "us-central1-a",
         "region": "us-central1",
         "namespace": "llm-inference",
+        "capacity": {"kind": "gke", "namespace": "llm-inference", "deployment": "vllm", "hpa": "vllm",
+                     "cluster": "gke-cluster", "location": "us-central1-a"},
     }
     assert gcp.secret_outputs == {"apiKey"}
     assert len(gcp.outputs["apiKey"]) == 48
