@@ -85,6 +85,8 @@ def test_a_stream_with_sse_headers_and_its_log_line(emulator):
     (record,) = records
     assert (record["RequestId"], record["Status"], record["Outcome"], record["Stream"]) == (request_id, 200, "ok",
                                                                                               True)
+    # the stream's line is an EMF record with the meter's figures
+    assert "_aws" in record and record["CompletionTokens"] == 4 and record["TokensCountedFrom"] == "usage"
 
 
 def test_a_stream_that_fails_logs_its_failure(emulator):
@@ -161,3 +163,21 @@ def test_an_unexpected_failure_is_a_500_that_names_no_detail(emulator, monkeypat
     assert reply.status_code == 500
     assert reply.json() == {"error": {"message": "the gateway failed unexpectedly; see its log",
                                       "type": "server_error", "param": None, "code": "internal_error"}}
+
+
+def test_the_module_app_is_built_once_from_the_environment(emulator, monkeypatch):
+    import gateway.app as app_module
+
+    for name, value in {"GATEWAY_ENDPOINT_NAME": "scripted", "GATEWAY_REGION": "us-east-1", "GATEWAY_MODEL_ID": MODEL,
+                        "GATEWAY_SAGEMAKER_ENDPOINT_URL": emulator.endpoint_url}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delitem(app_module.__dict__, "app", raising=False)
+    built = app_module.app
+    assert app_module.app is built and call(built, "GET", "/health").json()["endpoint"] == "scripted"
+    monkeypatch.delitem(app_module.__dict__, "app")
+    try:
+        app_module.nothing_here  # noqa: B018
+    except AttributeError as err:
+        assert str(err) == "nothing_here"
+    else:
+        raise AssertionError("no AttributeError")

@@ -247,3 +247,22 @@ def test_gateway_errors_in_json_and_as_the_last_sse_event():
     bad = invalid("no messages", param="messages")
     assert (bad.status, bad.param, bad.code, bad.type) == (400, "messages", "invalid_value", "invalid_request_error")
     assert invalid("x", code="other").code == "other" and invalid("x").param is None
+
+
+def test_second_round_of_survivors():
+    # A usage chunk on a last line without newline goes through the same filter (usage not asked for: dropped).
+    writes, _ = relay([line(HELLO) + line(STOP) + json.dumps(USAGE).encode()])
+    assert b"".join(writes) == (b"data: " + line(HELLO)[:-1] + b"\n\n" + b"data: " + line(STOP)[:-1] + b"\n\n"
+                                + writes[-1][writes[-1].index(b": metrics"):])
+    assert writes[-1].startswith(b": metrics") and writes[-1].endswith(DONE)
+    with pytest.raises(StreamFailure, match="^TruncatedStream: the endpoint's stream ended before the model finished$"):
+        collected(line(HELLO))
+    # A choice without an index is choice 0; a role and a tool call's type are taken as sent.
+    completion = fold([{"choices": [{"delta": {"role": "tool", "content": "x",
+                                               "tool_calls": [{"type": "custom", "function": {"name": "f"}}]},
+                                     "finish_reason": "stop"}]}])
+    (choice,) = completion["choices"]
+    assert choice["index"] == 0 and choice["message"]["role"] == "tool"
+    assert choice["message"]["tool_calls"][0]["type"] == "custom"
+    meter = StreamMeter(price_per_hour=0.0, started=0.0, first_content=1.23456, last_content=2.0, content_chunks=1)
+    assert meter.summary()["ttft_ms"] == 1234.6
