@@ -85,7 +85,7 @@ class DemoUi(pulumi.ComponentResource):
         tags = dict(args.tags)
         child = pulumi.ResourceOptions(parent=self)
 
-        logs = self._private_bucket(f"{name}-logs", tags, object_ownership="BucketOwnerPreferred")
+        logs, logs_acls_on = self._private_bucket(f"{name}-logs", tags, object_ownership="BucketOwnerPreferred")
         s3.BucketLifecycleConfiguration(
             f"{name}-logs-expiry", bucket=logs.id,
             rules=[{"id": "expire-logs", "status": "Enabled", "filter": {"prefix": ""},
@@ -93,7 +93,7 @@ class DemoUi(pulumi.ComponentResource):
                     "abort_incomplete_multipart_upload": {"days_after_initiation": 1}}],
             opts=child,
         )
-        site = self._private_bucket(f"{name}-site", tags, object_ownership="BucketOwnerEnforced")
+        site, _ = self._private_bucket(f"{name}-site", tags, object_ownership="BucketOwnerEnforced")
         site_logging = s3.BucketLogging(f"{name}-site-access-logs", bucket=site.id, target_bucket=logs.id,
                                         target_prefix="s3-access/", opts=child)
 
@@ -140,7 +140,10 @@ class DemoUi(pulumi.ComponentResource):
             viewer_certificate={"cloudfront_default_certificate": True},
             logging_config={"bucket": logs.bucket_domain_name, "prefix": "cloudfront/", "include_cookies": False},
             tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[site_logging]),
+            # A new bucket starts with ACLs off (BucketOwnerEnforced, since April 2023); CloudFront refuses a log
+            # bucket without ACLs ("does not enable ACL access"), so the distribution waits for the ownership
+            # change, which nothing in its inputs orders (CloudFront Developer Guide, standard logging (legacy)).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[site_logging, logs_acls_on]),
         )
         s3.BucketPolicy(
             f"{name}-site-policy", bucket=site.id,
@@ -184,15 +187,16 @@ class DemoUi(pulumi.ComponentResource):
             "distribution_id": self.distribution_id,
         })
 
-    def _private_bucket(self, name: str, tags: Mapping[str, str], *, object_ownership: str) -> s3.Bucket:
+    def _private_bucket(self, name: str, tags: Mapping[str, str], *,
+                        object_ownership: str) -> tuple[s3.Bucket, s3.BucketOwnershipControls]:
         child = pulumi.ResourceOptions(parent=self)
         # force_destroy: `pulumi destroy` removes the page and its logs with the stack.
         bucket = s3.Bucket(name, force_destroy=True, tags=tags, opts=child)
         s3.BucketPublicAccessBlock(f"{name}-public-access", bucket=bucket.id, block_public_acls=True,
                                    block_public_policy=True, ignore_public_acls=True, restrict_public_buckets=True,
                                    opts=child)
-        s3.BucketOwnershipControls(f"{name}-ownership", bucket=bucket.id,
-                                   rule={"object_ownership": object_ownership}, opts=child)
+        ownership = s3.BucketOwnershipControls(f"{name}-ownership", bucket=bucket.id,
+                                               rule={"object_ownership": object_ownership}, opts=child)
         # SSE-S3: S3 encrypts every object by default since 2023; stated so the guardrail sees it. (SSE-KMS
         # would need the distribution in the key policy, and CloudFront's legacy logs cannot write to it.)
         s3.BucketServerSideEncryptionConfiguration(
@@ -200,7 +204,7 @@ class DemoUi(pulumi.ComponentResource):
             rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "AES256"}, "bucket_key_enabled": True}],
             opts=child,
         )
-        return bucket
+        return bucket, ownership
 
 
 def _deny_plain_http(bucket_arn: str) -> dict:

@@ -105,6 +105,17 @@ def test_both_buckets_are_private_encrypted_and_owner_enforced_or_log_only():
         assert bucket.inputs["tags"]["project"] == "llm-inference"
 
 
+def test_the_distribution_waits_for_acls_on_its_log_bucket():
+    # CloudFront refuses a log bucket without ACLs at create time, and a new bucket starts without them: the
+    # ownership change must land first, and nothing in the distribution's inputs orders it.
+    run = demo()
+    logs = run.named("demo-ui-logs").state["bucket"]
+    (ownership,) = [o for o in run.of_type("aws:s3/bucketOwnershipControls:BucketOwnershipControls")
+                    if o.inputs["bucket"] == logs]
+    assert ownership.inputs["rule"]["objectOwnership"] == "BucketOwnerPreferred"
+    assert ownership.urn in run.one("aws:cloudfront/distribution:Distribution").dependencies
+
+
 def test_only_this_distribution_reads_the_page_bucket_and_never_over_plain_http():
     run = demo()
     site = run.named("demo-ui-site").state
