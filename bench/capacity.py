@@ -194,10 +194,14 @@ class GkeCapacity:
         self._client = self.kube.client()
 
     def _get(self, path: str) -> dict:
-        try:
-            resp = self._client.get(path)
-        except httpx.HTTPError as exc:
-            raise CapacityUnavailable(f"{self.kube.server}{path}: {type(exc).__name__}: {exc}") from None
+        resp = self._send(path)
+        if resp.status_code == 401 and self.kube.user.get("exec"):
+            # An exec plugin's token expires (GKE's after an hour, shorter than a long --profile run); like
+            # client-go, run the plugin again on a 401 and retry once with the fresh token.
+            token = self.kube.token()
+            if token:
+                self._client.headers["Authorization"] = f"Bearer {token}"
+            resp = self._send(path)
         if resp.status_code in (401, 403):
             raise CapacityUnavailable(
                 f"{self.kube.server}{path}: HTTP {resp.status_code}: the kubeconfig's user may not read it "
@@ -205,6 +209,12 @@ class GkeCapacity:
         if resp.status_code != 200:
             raise CapacityUnavailable(f"{self.kube.server}{path}: HTTP {resp.status_code}")
         return resp.json()
+
+    def _send(self, path: str) -> httpx.Response:
+        try:
+            return self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise CapacityUnavailable(f"{self.kube.server}{path}: {type(exc).__name__}: {exc}") from None
 
     def read(self) -> tuple[int | None, int | None]:
         ns = self.namespace

@@ -461,6 +461,22 @@ def test_gke_reader_gets_its_token_from_the_exec_plugin(kube_api, tmp_path):
     assert seen[0][1] == "Bearer kube-token"
 
 
+def test_gke_reader_runs_the_exec_plugin_again_when_its_token_expires(kube_api, tmp_path):
+    # GKE's plugin tokens last an hour, a --profile run may last longer: a 401 means run the plugin again
+    # (client-go does the same), not that the user may not read the Deployment.
+    server, seen, _ = kube_api
+    calls = tmp_path / "plugin-calls"
+    script = (f"import json, pathlib; p = pathlib.Path({str(calls)!r}); n = int(p.read_text()) if p.exists() else 0; "
+              "p.write_text(str(n + 1)); token = 'kube-token' if n else 'expired-token'; "
+              "print(json.dumps({'kind': 'ExecCredential', 'status': {'token': token}}))")
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": sys.executable,
+                     "args": ["-c", script]}}
+    reader = GkeCapacity("vllm", "vllm", kubeconfig=_kubeconfig(tmp_path, server, user))
+    assert reader.read() == (2, 4)
+    assert [auth for _path, auth in seen] == ["Bearer expired-token", "Bearer kube-token", "Bearer kube-token"]
+    assert calls.read_text() == "2", "the plugin ran once more, not on every request"
+
+
 def test_gke_reader_failures_say_what_to_do(kube_api, tmp_path, monkeypatch):
     server, _, _ = kube_api
     with pytest.raises(CapacityUnavailable, match="HTTP 401: the kubeconfig's user may not read it"):
