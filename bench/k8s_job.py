@@ -49,6 +49,8 @@ def _script(shards: int, start_at: float, install: str | None, keep_s: int) -> s
     lines += [
         f'if [ -f {SECRET_DIR}/api-key ]; then BENCH_API_KEY="$(cat {SECRET_DIR}/api-key)"; export BENCH_API_KEY; fi',
         f'out="{RESULTS}/shard-$JOB_COMPLETION_INDEX"',
+        # Made here, not by the bench: one that stops before writing must still leave DONE for the collect loop.
+        'mkdir -p "$out"',
         "rc=0",
         f'{python} -m bench "$@" --shard "$JOB_COMPLETION_INDEX/{shards}" --start-at {start_at:.3f} '
         '--out "$out" --no-progress || rc=$?',

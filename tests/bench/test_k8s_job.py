@@ -60,6 +60,25 @@ def test_one_pod_per_shard_each_running_its_own_share_at_the_agreed_time():
     subprocess.run(["sh", "-n", "-c", script], check=True)
 
 
+def test_a_bench_that_fails_before_writing_still_marks_done_keeps_the_pod_and_exits_with_its_code(tmp_path):
+    # A bench that stops before making --out (bad endpoint, usage error): the pod must still write DONE (else
+    # the printed collect loop waits for ever) and exit with the bench's code after --keep, not touch's error.
+    container = _job(_docs(image="ghcr.io/org/bench:1.0", install=None))["spec"]["template"]["spec"]["containers"][0]
+    results = tmp_path / "results"
+    results.mkdir()
+    script = container["command"][2].replace("/results", str(results))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("python", "exit 3"), ("sleep", "echo slept \"$1\" >> %s" % (tmp_path / "slept"))):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "JOB_COMPLETION_INDEX": "2"}
+    done = subprocess.run(["sh", "-c", script, "bench", *BENCH_ARGS], env=env, capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr
+    assert (results / "shard-2" / "DONE").is_file()
+    assert (tmp_path / "slept").read_text() == "slept 1800\n"
+
+
 def test_the_project_image_runs_the_bench_without_installing():
     container = _job(_docs(image="ghcr.io/org/bench:1.0", install=None))["spec"]["template"]["spec"]["containers"][0]
     assert "pip" not in container["command"][2] and 'python -m bench "$@"' in container["command"][2]
