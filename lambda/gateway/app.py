@@ -159,8 +159,38 @@ def create_app(settings: Settings | None = None, *, emit: Emit | None = None) ->
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         ],
         exception_handlers={HTTPException: not_found, Exception: server_error},
-        middleware=cors_middleware(settings),
+        # Starlette answers an unhandled exception outside every user middleware (ServerErrorMiddleware), so
+        # that 500 would lack the CORS headers; answered inside CORS instead, the page can read it.
+        middleware=[*cors_middleware(settings), Middleware(UnhandledErrorsInsideCors, handler=server_error)],
     )
+
+
+class UnhandledErrorsInsideCors:
+    """Turns an exception raised before the reply started into `handler`'s response (the 500 in the OpenAI
+    shape); once a reply has started there is nothing to replace, so it goes on up as before."""
+
+    def __init__(self, app, handler: Callable[[Request, Exception], Awaitable[Response]]):
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:
+                raise
+            response = await self.handler(Request(scope, receive), exc)
+            await response(scope, receive, send)
 
 
 def cors_middleware(settings: Settings) -> list[Middleware]:

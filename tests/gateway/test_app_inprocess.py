@@ -181,3 +181,27 @@ def test_the_module_app_is_built_once_from_the_environment(emulator, monkeypatch
         assert str(err) == "nothing_here"
     else:
         raise AssertionError("no AttributeError")
+
+
+def test_an_unexpected_failure_reaches_the_cors_origins_page_readable(emulator, monkeypatch):
+    # Starlette answers an unhandled exception in ServerErrorMiddleware, outside the CORS middleware: without
+    # care, the page's 500 carries no Access-Control-Allow-Origin and the browser shows a bare network error.
+    import gateway.app as app_module
+
+    def explode(*args, **kwargs):
+        raise KeyError("internal detail")
+
+    monkeypatch.setattr(app_module, "parse_chat_request", explode)
+    origin = "https://d111111abcdef8.cloudfront.net"
+    app, _ = app_for(emulator, cors_origins=(origin,))
+
+    async def go(headers):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            return await client.post("/v1/chat/completions", json={"messages": MESSAGES}, headers=headers)
+
+    reply = asyncio.run(go({"Origin": origin}))
+    assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
+    assert reply.headers.get("access-control-allow-origin") == origin
+    other = asyncio.run(go({"Origin": "https://attacker.example"}))
+    assert other.status_code == 500 and "access-control-allow-origin" not in other.headers
