@@ -74,6 +74,10 @@ class ApiWafArgs:
     # The blocked-requests alarm: more than this many blocked requests in 5 minutes.
     blocked_alarm_threshold: int = 100
     alarm_topic_arn: pulumi.Input[str] | None = None
+    # The demo page's origin (demoUi): a blocked IP's 429 must carry it, or the browser hides the body and the
+    # page sees a network error. WAF sends custom response headers as named (only inserted request headers
+    # get the x-amzn-waf- prefix; WAF guide, "Custom responses for Block actions").
+    cors_origin: pulumi.Input[str] | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -115,6 +119,14 @@ def rate_limited_body(args: ApiWafArgs) -> str:
     }}, sort_keys=True)
 
 
+def _rate_limited_headers(args: ApiWafArgs) -> list[wafv2.WebAclRuleActionBlockCustomResponseResponseHeaderArgs]:
+    header = wafv2.WebAclRuleActionBlockCustomResponseResponseHeaderArgs
+    headers = [header(name="Retry-After", value=str(RETRY_AFTER_SECONDS))]
+    if args.cors_origin is not None:
+        headers += [header(name="Access-Control-Allow-Origin", value=args.cors_origin), header(name="Vary", value="Origin")]
+    return headers
+
+
 def web_acl_rules(args: ApiWafArgs) -> list[wafv2.WebAclRuleArgs]:
     """The rate-based rule first (priority 0), then the managed groups in MANAGED_RULE_GROUPS order.
 
@@ -126,8 +138,7 @@ def web_acl_rules(args: ApiWafArgs) -> list[wafv2.WebAclRuleArgs]:
             custom_response=wafv2.WebAclRuleActionBlockCustomResponseArgs(
                 response_code=RATE_LIMITED_STATUS,
                 custom_response_body_key=RATE_LIMITED_BODY_KEY,
-                response_headers=[wafv2.WebAclRuleActionBlockCustomResponseResponseHeaderArgs(
-                    name="Retry-After", value=str(RETRY_AFTER_SECONDS))],
+                response_headers=_rate_limited_headers(args),
             ))),
         statement=wafv2.WebAclRuleStatementArgs(rate_based_statement=wafv2.WebAclRuleStatementRateBasedStatementArgs(
             aggregate_key_type="IP",  # the connection's source IP: an X-Forwarded-For header can be forged

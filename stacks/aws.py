@@ -239,7 +239,8 @@ def build() -> dict[str, Any]:
         waf = None
         if waf_args is not None:
             waf = ApiWaf("llm-waf", ApiWafArgs(**{**waf_args.__dict__, "stage_arn": gateway.stage_arn,
-                                                  "alarm_topic_arn": monitoring.topic_arn}))
+                                                  "alarm_topic_arn": monitoring.topic_arn,
+                                                  "cors_origin": demo.origin if demo is not None else None}))
 
     budget = create_budget("cost", budget_args) if budget_args is not None else None
 

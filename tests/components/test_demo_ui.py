@@ -208,3 +208,17 @@ def test_the_gateway_refuses_a_cors_origin_that_is_not_https_origin(origin):
     with pytest.raises(InvalidArgs) as raised:
         args(cors_origin=origin).validate()
     assert "cors_origin" in str(raised.value) and "https origin" in str(raised.value)
+
+
+def _rate_rule_headers(run: StackRun) -> list[dict]:
+    acl = run.one("aws:wafv2/webAcl:WebAcl").inputs
+    (rate,) = [r for r in acl["rules"] if r["name"] == "rate-limit-per-ip"]
+    return rate["action"]["block"]["customResponse"]["responseHeaders"]
+
+
+def test_a_waf_blocked_ips_429_is_readable_by_the_page():
+    # The example stack sets wafRateLimitPerIp: without the origin on WAF's own 429 the browser hides its body.
+    assert _rate_rule_headers(demo()) == [{"name": "Retry-After", "value": "60"},
+                                          {"name": "Access-Control-Allow-Origin", "value": ORIGIN},
+                                          {"name": "Vary", "value": "Origin"}]
+    assert _rate_rule_headers(plain()) == [{"name": "Retry-After", "value": "60"}]
