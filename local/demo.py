@@ -162,7 +162,7 @@ def _lambda_on_path() -> None:
 
 
 def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | None = None,
-               model: str = MODEL_ALIAS, label: str | None = None) -> list[str]:
+               model: str = MODEL_ALIAS, label: str | None = None, metrics_url: str | None = None) -> list[str]:
     argv = [
         url, "--model", model, "--label", label or out_dir.name,
         "--concurrency", options.concurrency,
@@ -173,6 +173,8 @@ def bench_argv(url: str, options: DemoOptions, out_dir: Path, api_key: str | Non
     ]
     if api_key:
         argv += ["--api-key", api_key]
+    if metrics_url:  # through the gateway: the engine's own /metrics (the gateway serves none)
+        argv += ["--metrics-url", metrics_url]
     if not options.progress:
         argv.append("--no-progress")
     return argv
@@ -275,7 +277,8 @@ def run_demo(options: DemoOptions, say: Callable[[str], None] = print, console=N
         say(f"\n[1/3] {LABELS[0]}: bench -> vLLM")
         codes.append(_bench(bench_argv(path.engine.base_url + "/v1", options, direct, model=path.model_id)))
         say(f"\n[2/3] {LABELS[1]}: bench -> gateway -> boto3 -> emulator -> LMI -> vLLM")
-        codes.append(_bench(bench_argv(path.gateway_url, options, through, path.api_key, model=path.model_id)))
+        codes.append(_bench(bench_argv(path.gateway_url, options, through, path.api_key, model=path.model_id,
+                                        metrics_url=path.engine.base_url + "/metrics")))
         metric_lines = count_emf_lines(path.gateway_log)
 
     runs, labels = [direct, through], list(LABELS)

@@ -39,6 +39,9 @@ def test_each_bench_run_is_labelled_by_its_path(tmp_path):
     argv = demo.bench_argv("http://127.0.0.1:1/v1", DemoOptions(), tmp_path / demo.LABELS[1], "k", model="m")
     assert argv[argv.index("--label") + 1] == "vllm-gateway"
     assert demo.bench_argv("http://x/v1", DemoOptions(), tmp_path / "x", label="llamacpp")[4] == "llamacpp"
+    assert "--metrics-url" not in argv
+    scraped = demo.bench_argv("http://g/v1", DemoOptions(), tmp_path / "g", "k", metrics_url="http://e:1/metrics")
+    assert scraped[scraped.index("--metrics-url") + 1] == "http://e:1/metrics"
 
 
 def test_slots_fit_prompt_and_reply():
@@ -124,6 +127,8 @@ def test_demo_end_to_end_through_the_gateway(tmp_path):
         (level,) = summary["levels"]
         assert (level["requests"], level["succeeded"], level["failed"]) == (6, 6, 0), level.get("errors")
         assert level["token_count_source"] == "usage"
+        if run_dir != result.baseline:  # vLLM's own /metrics, read directly or beside the gateway
+            assert "vllm:num_requests_running" in level["server_metrics"], summary.get("server_metrics")
         measured = [r for r in _records(run_dir) if not r["warmup"]]
         assert len(measured) == 6
         for record in measured:
