@@ -7,7 +7,7 @@ import pytest
 
 import bench
 from bench.mock_server import MockConfig, MockServer
-from bench.report import headline, percentile_warnings, render_report
+from bench.report import headline, percentile_warnings
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -22,9 +22,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from planning import catalog
 from components.gke_cluster import gcp_labels
 from components.vllm_kubernetes import TOKENS_PER_SECOND_METRIC, WAITING_REQUESTS_METRIC
+from planning import catalog
 from stacks.config import ConfigError
 from tests.pulumi_harness import ROOT, Secret, StackRun, refused_stack, run_stack
 
