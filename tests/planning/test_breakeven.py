@@ -242,3 +242,112 @@ def test_for_plan_skips_unpriced_instances_and_names_its_source():
     assert result["ml.g5.2xlarge"].throughput.source == (
         f"roofline, concurrency 8, {workload.prompt_tokens} prompt + {workload.output_tokens} output tokens")
     assert list(breakeven.for_plan(plan, None, 1.0, sagemaker_vpc=False)) == ["ml.g5.2xlarge"]
+
+
+# The second review's survivors: the JSON a user's script reads, the run given as its summary.json, the messages
+# that name the --from directory, and the price of `--from RUN --instance TYPE` in a region of a prices file.
+
+
+def test_the_json_a_script_reads_from_plan_from(run_dir, capsys):
+    # $1.80/h at 50 %: 1,800 s x 1,500 tokens/s = 2.7M tokens an hour; the API bills 3600 x (1000 x 0.5 + 500 x 1.5)
+    # / 1e6 = $4.50 an hour of full load, so 1.8 / (0.5 x 4.5) = 0.8x the API, break-even at 1.8 / 4.5 = 40 %.
+    assert planner.main(["--from", str(run_dir), "--api-price", "0.5,1.5", "--utilization", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["break_even"]["measured deployment"]
+    assert out == {
+        "price_per_hour": 1.8, "utilization": 0.5,
+        "throughput": {"input_tokens_per_s": 1000.0, "output_tokens_per_s": 500.0,
+                       "source": f"measured: {run_dir / 'summary.json'}, level c=32"},
+        "api": {"input_per_1m": 0.5, "output_per_1m": 1.5},
+        "self_usd_per_1m_tokens": pytest.approx(1.8 / 2.7), "self_usd_per_1m_output": pytest.approx(2.0),
+        "self_input_per_1m": pytest.approx(0.4), "self_output_per_1m": pytest.approx(1.2),
+        "cost_ratio": pytest.approx(0.8), "api_usd_per_hour_at_full_load": pytest.approx(4.5),
+        "break_even_utilization": pytest.approx(0.4), "break_even_tokens_per_day": pytest.approx(0.4 * 86400 * 1500),
+        "beats_api": True, "break_even_reachable": True,
+    }
+
+
+def test_the_json_says_when_the_api_wins_and_when_there_is_no_api(run_dir, capsys):
+    # API at $0.10/$0.30: $0.90 an hour of full load against $1.80: 2x the API at 100 %, break-even never.
+    assert planner.main(["--from", str(run_dir), "--api-price", "0.1,0.3", "--utilization", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["break_even"]["measured deployment"]
+    assert (out["beats_api"], out["break_even_reachable"], out["cost_ratio"]) == (False, False, pytest.approx(2.0))
+    assert planner.main(["--from", str(run_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["break_even"]["measured deployment"]
+    assert {k: out[k] for k in ("api", "cost_ratio", "beats_api", "break_even_reachable")} == {
+        "api": None, "cost_ratio": None, "beats_api": None, "break_even_reachable": None}
+    assert out["self_usd_per_1m_output"] == pytest.approx(1.8 / (0.5 * 3600 * 500) * 1e6)  # 50 % by default: $2.00
+
+
+def test_without_an_api_price_the_text_says_how_to_give_one(run_dir, capsys):
+    assert planner.main(["--from", str(run_dir)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "hosted API: no price given" in last and "--api-price IN,OUT" in last
+
+
+def test_the_run_can_be_given_as_its_summary_json(run_dir):
+    throughput, price = breakeven.measured_throughput(run_dir / "summary.json")
+    assert (throughput.input_tokens_per_s, throughput.output_tokens_per_s, price) == (1000.0, 500.0, 1.8)
+
+
+def test_refusals_of_a_run_name_the_from_directory(tmp_path):
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(BreakEvenError) as exc:
+        breakeven.measured_throughput(tmp_path)
+    assert str(exc.value).startswith(f"--from {tmp_path}: {tmp_path / 'summary.json'} is not a bench summary (")
+    empty = summary()
+    empty["levels"] = empty["levels"][2:]
+    (tmp_path / "summary.json").write_text(json.dumps(empty))
+    with pytest.raises(BreakEvenError) as exc:
+        breakeven.measured_throughput(tmp_path)
+    assert str(exc.value).startswith(f"--from {tmp_path}: no level of that run produced output tokens")
+
+
+def test_a_level_shorter_than_a_second_still_counts():
+    run = {"levels": [{"concurrency": 4, "rate": None, "duration_s": 0.5, "prompt_tokens": 100,
+                       "output_throughput_tok_s": 80.0}]}
+    throughput, price = breakeven.measured_throughput_of(run, "run")
+    assert (throughput.input_tokens_per_s, throughput.output_tokens_per_s, price) == (200.0, 80.0, None)
+
+
+def test_from_a_run_with_instance_takes_the_region_price_of_the_prices_file(run_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LLMINFER_PRICES", raising=False)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"ml.g5.2xlarge": {"us-east-1": 1.0, "eu-west-1": 2.25}}))
+    (run_dir / "summary.json").write_text(json.dumps(summary(price=None)))
+    assert planner.main(["--from", str(run_dir), "--instance", "ml.g5.2xlarge", "--region", "eu-west-1",
+                         "--prices-file", str(prices), "--api-price", "0.5,1.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["break_even"]["ml.g5.2xlarge"]
+    assert out["price_per_hour"] == 2.25 and out["break_even_utilization"] == pytest.approx(0.5)  # 2.25 / 4.5
+
+
+def _estimate(instance, output_tokens_per_s, problem=None, concurrency=8):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(instance=instance, problem=problem, output_tokens_per_s=output_tokens_per_s,
+                           requests_per_s=output_tokens_per_s / 100, prompt_tokens=400, output_tokens=100,
+                           concurrency=concurrency)
+
+
+def test_for_plan_takes_each_instance_s_own_best_fitting_estimate():
+    from types import SimpleNamespace
+
+    def memory(name):
+        return SimpleNamespace(instance=SimpleNamespace(name=name))
+
+    plan = SimpleNamespace(
+        memory=[memory("slow"), memory("fast"), memory("idle")],
+        prices={"slow": 1.0, "fast": 4.0, "idle": 1.0},
+        estimates=[
+            _estimate("slow", 0.5, concurrency=1),  # under 1 token/s, still a throughput
+            _estimate("fast", 900.0, concurrency=32),  # another instance's: not the slow one's
+            _estimate("fast", 300.0, concurrency=8),
+            _estimate("idle", 0.0),  # no output: nothing to compare, the instance is left out
+        ],
+    )
+    result = breakeven.for_plan(plan, None, 1.0)
+    assert list(result) == ["slow", "fast"]
+    slow, fast = result["slow"].throughput, result["fast"].throughput
+    # 0.5 tok/s = 0.005 req/s of 400 prompt tokens: 2 input tokens/s
+    assert (slow.output_tokens_per_s, slow.input_tokens_per_s) == (0.5, 2.0)
+    assert slow.source == "roofline, concurrency 1, 400 prompt + 100 output tokens"
+    assert (fast.output_tokens_per_s, fast.input_tokens_per_s) == (900.0, 3600.0)
