@@ -8,8 +8,9 @@ import asyncio
 import json
 
 import httpx
+import pytest
 
-from gateway.app import create_app
+from gateway.app import UnhandledErrorsInsideCors, create_app
 from tests.gateway.conftest import MODEL, SCRIPTED_TEXT, settings_for
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -51,10 +52,14 @@ def test_unknown_routes_and_methods_name_what_is_served(emulator):
     assert wrong.status_code == 405
     assert wrong.json()["error"] == {"message": "GET /v1/chat/completions is not allowed",
                                      "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}
+    # /health and /v1/models answer GET only
+    for path in ("/health", "/v1/models"):
+        posted = call(app, "POST", path)
+        assert posted.status_code == 405 and posted.json()["error"]["message"] == f"POST {path} is not allowed"
 
 
 def test_a_completion_with_its_headers_and_one_log_line(emulator):
-    app, records = app_for(emulator)
+    app, records = app_for(emulator, metrics_namespace="Custom/NS")
     context = json.dumps({"requestId": "req-42"})
     reply = call(app, "POST", "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES},
                  headers={"x-amzn-request-context": context})
@@ -71,6 +76,7 @@ def test_a_completion_with_its_headers_and_one_log_line(emulator):
                                    "EndpointName", "CompletionTokens", "PromptTokens")} == {
         "RequestId": "req-42", "ModelId": MODEL, "Status": 200, "Outcome": "ok", "Stream": False,
         "TokensCountedFrom": "usage", "EndpointName": "scripted", "CompletionTokens": 4, "PromptTokens": 7}
+    assert record["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "Custom/NS"  # where the dashboards look
 
 
 def test_a_stream_with_sse_headers_and_its_log_line(emulator):
@@ -100,6 +106,7 @@ def test_a_stream_that_fails_logs_its_failure(emulator):
     assert reply.headers["x-request-id"] == records[0]["RequestId"]
     assert (records[0]["Status"], records[0]["Outcome"], records[0]["TokensCountedFrom"]) == (502, "truncated_stream",
                                                                                               "chunks")
+    assert "_aws" in records[0] and records[0]["CompletionTokens"] == 4  # the endpoint was called: its figures count
 
 
 def test_a_refused_request_logs_a_plain_line_with_its_code(emulator):
@@ -137,15 +144,18 @@ def test_the_body_limit_by_declared_length_and_by_what_arrives(emulator):
     assert call(app, "POST", "/v1/chat/completions", content=exact).status_code == 200
 
 
-def test_a_broken_log_sink_does_not_fail_the_request(emulator):
+def test_a_broken_log_sink_does_not_fail_the_request(emulator, caplog):
     def broken(record):
         raise OSError("log sink gone")
 
     app = create_app(settings_for(emulator, "scripted"), emit=broken)
     assert call(app, "POST", "/v1/chat/completions", json={"messages": MESSAGES}).status_code == 200
+    # ... and the gateway's own log says why this request's metrics are missing, with the sink's error
+    (logged,) = [r for r in caplog.records if r.name == "gateway"]
+    assert "metrics record" in logged.getMessage() and logged.exc_info[1].args == ("log sink gone",)
 
 
-def test_an_unexpected_failure_is_a_500_that_names_no_detail(emulator, monkeypatch):
+def test_an_unexpected_failure_is_a_500_that_names_no_detail(emulator, monkeypatch, caplog):
     import gateway.app as app_module
 
     def explode(*args, **kwargs):
@@ -163,6 +173,9 @@ def test_an_unexpected_failure_is_a_500_that_names_no_detail(emulator, monkeypat
     assert reply.status_code == 500
     assert reply.json() == {"error": {"message": "the gateway failed unexpectedly; see its log",
                                       "type": "server_error", "param": None, "code": "internal_error"}}
+    # "see its log": the log names the request and carries the error
+    (logged,) = [r for r in caplog.records if r.name == "gateway"]
+    assert "POST /v1/chat/completions" in logged.getMessage() and logged.exc_info[1].args == ("internal detail",)
 
 
 def test_the_module_app_is_built_once_from_the_environment(emulator, monkeypatch):
@@ -205,3 +218,131 @@ def test_an_unexpected_failure_reaches_the_cors_origins_page_readable(emulator, 
     assert reply.headers.get("access-control-allow-origin") == origin
     other = asyncio.run(go({"Origin": "https://attacker.example"}))
     assert other.status_code == 500 and "access-control-allow-origin" not in other.headers
+
+
+def test_max_tokens_beyond_the_models_context_is_refused_with_the_configured_length(emulator):
+    app, records = app_for(emulator, max_model_len=4096)
+    reply = call(app, "POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 5000})
+    assert reply.status_code == 400 and "4096" in reply.json()["error"]["message"]
+    assert records[0]["Status"] == 400
+
+
+# Driving the ASGI app by hand, as a server does, for what httpx's transport cannot send: a client that leaves
+# (http.disconnect while the reply is pending), a count of the body reads, and the lifespan protocol.
+
+def scope_for(method: str, path: str, headers: dict[str, str]) -> dict:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+            "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 50000), "server": ("gateway", 80)}
+
+
+def drive(app, body: bytes, *, leave: str | None, headers: dict[str, str] | None = None) -> tuple[list[dict], int]:
+    """POST /v1/chat/completions with `body`; the client leaves "at_once" (right after its body), "after_start"
+    (once the reply's headers were sent) or never (None). Returns the messages sent and the receive() calls."""
+    headers = {"content-type": "application/json", "content-length": str(len(body)), **(headers or {})}
+    sent: list[dict] = []
+    asked = 0
+
+    async def go():
+        nonlocal asked
+        started = asyncio.Event()
+
+        async def receive():
+            nonlocal asked
+            asked += 1
+            if asked == 1:
+                return {"type": "http.request", "body": body, "more_body": False}
+            if leave == "after_start":
+                await started.wait()
+            if leave is None or asked > 2:
+                await asyncio.Event().wait()  # never again
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+            if message["type"] == "http.response.start":
+                started.set()
+
+        await app(scope_for("POST", "/v1/chat/completions", headers), receive, send)
+
+    asyncio.run(go())
+    return sent, asked
+
+
+def test_a_client_that_leaves_before_its_completion_is_logged_499_with_the_meter(emulator):
+    app, records = app_for(emulator, "slow-first-byte")  # 0.4 s before the first token: the client leaves first
+    sent, _ = drive(app, json.dumps({"messages": MESSAGES}).encode(), leave="at_once")
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    (record,) = records
+    assert {k: record[k] for k in ("Status", "Outcome", "Stream", "TokensCountedFrom", "CompletionTokens")} == {
+        "Status": 499, "Outcome": "client_disconnected", "Stream": False, "TokensCountedFrom": "chunks",
+        "CompletionTokens": 0}
+    assert "_aws" in record  # the endpoint was called: an EMF record
+    # the same client staying gets its completion
+    app, records = app_for(emulator, "slow-first-byte")
+    sent, _ = drive(app, json.dumps({"messages": MESSAGES}).encode(), leave=None)
+    assert sent[0]["status"] == 200 and records[0]["Outcome"] == "ok"
+
+
+def test_a_client_that_leaves_mid_stream_is_logged_499_and_gets_no_done(emulator):
+    app, records = app_for(emulator, "slow-first-byte")
+    sent, _ = drive(app, json.dumps({"messages": MESSAGES, "stream": True}).encode(), leave="after_start")
+    assert sent[0]["status"] == 200
+    assert b"[DONE]" not in b"".join(m.get("body", b"") for m in sent[1:])
+    (record,) = records
+    assert (record["Status"], record["Outcome"], record["Stream"], record["TokensCountedFrom"]) == (
+        499, "client_disconnected", True, "chunks")
+    assert "_aws" in record and record["CompletionTokens"] == 0
+
+
+def test_a_body_declared_too_large_is_refused_before_any_of_it_is_read(emulator):
+    app, records = app_for(emulator, max_body_bytes=1024)
+    sent, asked = drive(app, b"x" * 5000, leave=None)
+    assert sent[0]["status"] == 400 and asked == 0
+    assert json.loads(sent[1]["body"])["error"]["message"].startswith("the request body is 5000 bytes or more")
+
+
+def test_the_app_answers_the_lifespan_protocol(emulator):
+    # uvicorn --lifespan on (and other servers) start only once the app completes the startup handshake
+    app, _ = app_for(emulator)
+    sent: list[dict] = []
+
+    async def go():
+        incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+        async def receive():
+            return next(incoming)
+
+        async def send(message):
+            sent.append(message)
+
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+
+    asyncio.run(go())
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_an_error_after_the_reply_started_goes_on_up_unanswered():
+    # Once the headers are out there is no 500 to send instead: a second http.response.start breaks the protocol.
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("mid-reply")
+
+    async def handler(request, exc):
+        raise AssertionError("the handler must not answer a reply that started")
+
+    sent: list[dict] = []
+
+    async def go():
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        await UnhandledErrorsInsideCors(inner, handler=handler)(scope_for("GET", "/", {}), receive, send)
+
+    with pytest.raises(RuntimeError, match="mid-reply"):
+        asyncio.run(go())
+    assert [m["type"] for m in sent] == ["http.response.start"]

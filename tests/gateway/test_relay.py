@@ -266,3 +266,29 @@ def test_second_round_of_survivors():
     assert choice["message"]["tool_calls"][0]["type"] == "custom"
     meter = StreamMeter(price_per_hour=0.0, started=0.0, first_content=1.23456, last_content=2.0, content_chunks=1)
     assert meter.summary()["ttft_ms"] == 1234.6
+
+
+def test_third_round_of_survivors():
+    # SSE allows `data:` without the space: the JSON starts right after the colon.
+    writes, chunks = relay([b'data:' + line(HELLO), b'data:' + line(STOP)])
+    assert chunks.failure is None and b"".join(writes).startswith(b"data: " + line(HELLO)[:-1] + b"\n\n")
+    # The last unterminated line and the closing comment go out in one write, back to back.
+    writes, _ = relay([line(HELLO), json.dumps(STOP, separators=(",", ":")).encode()])
+    assert writes[-1] == b"data: " + line(STOP)[:-1] + b"\n\n" + writes[-1][writes[-1].index(b": metrics"):]
+    assert writes[-1].endswith(b"}\n\n" + DONE)
+    # A line that is not JSON is quoted up to its first 200 bytes, not the whole line.
+    writes, _ = relay([b"<" + b"x" * 299 + b"\n"])
+    message = json.loads(writes[-1].split(b"\n\n")[-2].removeprefix(b"data: "))["error"]["message"]
+    assert message.endswith("not JSON: b'<" + "x" * 199 + "'")
+    writes, _ = relay([b"[" + b"1," * 150 + b"1]\n"])
+    message = json.loads(writes[-1].split(b"\n\n")[-2].removeprefix(b"data: "))["error"]["message"]
+    assert message.endswith("not an object: b'[" + "1," * 99 + "1'")
+    # An engine error without a message: the whole error object is named, so its code is not lost.
+    writes, _ = relay([line({"error": {"code": 500, "type": "InternalError"}})])
+    message = json.loads(writes[-1].split(b"\n\n")[-2].removeprefix(b"data: "))["error"]["message"]
+    assert message.endswith("the engine reported: {'code': 500, 'type': 'InternalError'}")
+    # tokens/s is sent with 2 decimals: 2 tokens in 3 s
+    meter = StreamMeter(price_per_hour=0.0, started=0.0, first_content=1.0, last_content=3.0, content_chunks=2)
+    assert meter.summary()["tokens_per_second"] == 0.67 and meter.headers()["X-Tokens-Per-Second"] == "0.67"
+    # invalid() keeps the message the client acts on
+    assert invalid("messages must not be empty").payload()["error"]["message"] == "messages must not be empty"
