@@ -8,6 +8,9 @@ import pytest
 from bench.config import BenchConfig, split_level
 from bench.profiles import ProfileError, Segment, from_public, parse_profile
 
+# a scheduler that never returns fails the test within seconds (tests/bench/conftest.py)
+pytestmark = pytest.mark.usefixtures("time_limit")
+
 
 def test_forms_parse_into_back_to_back_segments():
     p = parse_profile("step:2@30s,8@1m,0@500ms")
@@ -87,6 +90,7 @@ def test_split_over_workers_keeps_the_whole_load():
     assert [[seg.begin for seg in from_public(s.profile).segments] for s in specs] == [[3, 1], [2, 1]]
 
 
+@pytest.mark.time_limit(20)
 def test_cstep_holds_c_in_flight_per_step(mock_server, tmp_path):
     import orjson
 
@@ -109,6 +113,7 @@ def test_cstep_holds_c_in_flight_per_step(mock_server, tmp_path):
     assert max(r["start_s"] for r in recs) < 4.0  # nothing sent after the profile's end
 
 
+@pytest.mark.time_limit(20)
 def test_open_profile_sends_on_its_schedule(mock_server, tmp_path):
     import orjson
 
@@ -171,6 +176,7 @@ def test_profile_flags_make_the_config():
     assert cfg.concurrency == (9,) and cfg.levels()[0].rate is None
 
 
+@pytest.mark.time_limit(20)
 def test_stack_capacity_without_credentials_is_a_note_not_a_failure(tmp_path, monkeypatch, mock_server, capsys):
     import json
 

@@ -11,6 +11,9 @@ from bench.config import BenchConfig, Level, split_level
 from bench.prompts import Distribution, SyntheticPrompts
 from bench.scheduler import LevelRunner, LevelSpec, RequestOptions
 
+# a scheduler that never returns fails the test within seconds (tests/bench/conftest.py)
+pytestmark = pytest.mark.usefixtures("time_limit")
+
 
 def run_level(url, **spec_fields):
     records = []
@@ -265,8 +268,14 @@ class FixedSessions:
         return self.session
 
 
-def run_sessions(url, group, worker=1, workers=2, **spec_fields):
+def run_sessions(url, group, worker=1, workers=2, stop_after=None, **spec_fields):
     records = []
+    runner_box = []
+
+    def emit(record):
+        records.append(record)
+        if stop_after is not None and len(records) == stop_after:
+            runner_box[0].stop()
 
     async def go():
         backend = Backend(url + "/chat/completions", {"Content-Type": "application/json"}, 5.0)
@@ -274,8 +283,8 @@ def run_sessions(url, group, worker=1, workers=2, **spec_fields):
         spec = LevelSpec(**{"level": 0, "mode": "closed", "concurrency": 1, "rate": None, "arrival": "constant",
                             "requests": 2, "warmup": 1, "duration_s": None, "start_at_ns": perf_counter_ns(),
                             "seed": 0, **spec_fields})
-        runner = LevelRunner(backend, FixedSessions(group), spec, RequestOptions(model="m"), records.append, worker,
-                             workers)
+        runner = LevelRunner(backend, FixedSessions(group), spec, RequestOptions(model="m"), emit, worker, workers)
+        runner_box.append(runner)
         try:
             await runner.run()
         finally:
@@ -305,3 +314,74 @@ def test_a_failed_turn_ends_its_session(mock_server):
     records, runner = run_sessions(mock_server(faults={"http_500": 1.0}).url, group=None, warmup=0, requests=2)
     assert [(r["session"], r["turn"], r["ok"]) for r in records] == [(1, 1, False), (3, 1, False)]
     assert runner.sent == 2
+
+
+def test_a_stop_between_turns_sends_no_further_turn(mock_server):
+    # Stopped as the first turn's reply is recorded: the second turn is never sent (nor counted as sent).
+    records, runner = run_sessions(mock_server().url, group=None, warmup=0, requests=3, stop_after=1)
+    assert [(r["session"], r["turn"]) for r in records] == [(1, 1)]
+    assert runner.sent == 1
+
+
+def test_a_buffered_reply_is_measured_only_when_allowed(mock_server):
+    server = mock_server(faults={"not_streaming": 1.0})
+    records, _ = run_runner(server.url, requests=1)
+    assert [(r["ok"], r["error"]) for r in records] == [(False, "not_streaming")]
+    records, _ = run_runner(server.url, RequestOptions(model="m", allow_buffered=True), requests=1)
+    assert [(r["ok"], r["error"]) for r in records] == [(True, None)]
+
+
+# ------------------------------------------------------------------ load profiles, run by the scheduler itself
+
+
+def test_an_open_profile_sends_on_its_schedule_shifted_by_the_workers_phase(mock_server):
+    from bench.profiles import parse_profile
+
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    # 100 req/s for 50 ms: arrivals every 10 ms; this worker's half-gap phase moves them 5 ms later.
+    records, runner = run_runner(server.url, worker=1, workers=2, concurrency=8, arrival="constant", phase=0.5,
+                                 profile=parse_profile("step:100@0.05s").public())
+    records.sort(key=lambda r: r["id"])
+    assert [r["scheduled_s"] for r in records] == [0.005, 0.015, 0.025, 0.035, 0.045]
+    assert [r["id"] for r in records] == [1, 3, 5, 7, 9] and runner.sent == 5
+    assert [(r["ok"], r["warmup"]) for r in records] == [(True, False)] * 5  # the records' warmup is a bool
+
+
+def test_open_profile_poisson_arrivals_are_seeded_per_worker_and_level(mock_server):
+    from bench.profiles import parse_profile
+
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    profile = parse_profile("step:200@0.1s").public()  # about 20 arrivals
+
+    def schedule(**kw):
+        records, _ = run_runner(server.url, concurrency=8, arrival="poisson", profile=profile, **kw)
+        return [r["scheduled_s"] for r in sorted(records, key=lambda r: r["id"])]
+
+    first = schedule(seed=3, level=1)
+    assert first == schedule(seed=3, level=1)  # the same seed, level and worker: the same arrivals
+    assert first != schedule(seed=4, level=1) and first != schedule(seed=3, level=2)
+    assert len(set(first)) == len(first) > 5 and all(0 < t < 0.1 for t in first)
+
+
+def test_an_open_profile_stops_when_told_with_the_cap_full(mock_server):
+    from bench.profiles import parse_profile
+
+    server = mock_server(ttft_ms=1, itl_ms=1)
+    # A minute of arrivals planned at 200 req/s, at most 2 in flight; stopped after the third reply, the level
+    # ends there (a loop that went on would wait on the cap for ever: time_limit fails it).
+    records, runner = run_runner(server.url, concurrency=2, arrival="constant", stop_after=3,
+                                 profile=parse_profile("step:200@60s").public())
+    assert 3 <= len(records) <= 5 and runner.sent <= 5
+
+
+def test_a_closed_profile_runs_c_slots_per_step_and_nothing_after_its_end(mock_server):
+    from bench.profiles import parse_profile
+
+    server = mock_server(ttft_ms=20, itl_ms=1)
+    records, runner = run_runner(server.url, concurrency=3, profile=parse_profile("cstep:1@0.1s,3@0.1s").public())
+    # C=1 for 100 ms (one slot, one request after another), then C=3 until 200 ms; measured, never warmup.
+    first = sorted((r for r in records if r["scheduled_s"] < 0.1), key=lambda r: r["start_s"])
+    assert first and all(b["start_s"] >= a["end_s"] for a, b in zip(first, first[1:], strict=False))
+    assert server.state.max_in_flight == 3 and len(records) > len(first)
+    assert all(r["scheduled_s"] <= 0.2 for r in records)  # a slot sends only before the profile's end
+    assert [(r["ok"], r["warmup"]) for r in records] == [(True, False)] * len(records) and runner.sent == len(records)

@@ -26,6 +26,9 @@ from bench.workloads import (
     sharegpt_items,
 )
 
+# sessions run in the scheduler: one that never returns fails the test within seconds (tests/bench/conftest.py)
+pytestmark = pytest.mark.usefixtures("time_limit")
+
 SAMPLE = Path(__file__).parent / "data" / "sharegpt_sample.json"
 
 
