@@ -5,6 +5,8 @@ Each rule is decided per load level (levels paired by concurrency and rate) from
 (a seeded bootstrap), the metric is computed on every resample, and the rule breaches only when the whole
 confidence interval of the change (95 % by default) lies past the threshold. A change whose point estimate
 is past it but whose interval is not is "inconclusive": reported, not failed (more requests narrow it).
+A check that cannot be decided is refused (GateError, exit 2), not passed: a latency metric where one run has
+no successful request, or a relative rule against a baseline of 0 (error_rate>+10% over a clean baseline).
 
 Rules: METRIC>+N% (fails on a rise of more than N %), METRIC<-N% (a fall of more than N %); without `%`
 the threshold is in the metric's own unit (error_rate>+0.01: one percentage point more errors).
@@ -185,6 +187,17 @@ def _change(base, run, relative: bool):
 def decide(rule: Rule, level: tuple, base: LevelRecords, run: LevelRecords, rng, resamples: int,
            confidence: float) -> Verdict:
     b, r = point(base, rule.metric), point(run, rule.metric)
+    # Undecidable checks are refused, not passed: a NaN or infinite change past no threshold would let a run
+    # whose every request failed, or errors rising from none, pass the gate (a zero baseline raised ZeroDivisionError).
+    for side, value in (("baseline", b), ("run", r)):
+        if np.isnan(value):
+            field = LATENCY.get(rule.metric.rsplit("_", 1)[0], rule.metric)
+            raise GateError(f"{rule.text()} at {level_name(level)}: the {side} has no successful request with a "
+                            f"{field} to measure it on; did every request fail?")
+    if rule.relative and b == 0:
+        raise GateError(f"{rule.text()} at {level_name(level)}: the baseline's {rule.metric} is 0, so a change "
+                        f"relative to it has no size; give the threshold in the metric's unit, e.g. "
+                        f"{rule.metric}{'>+0.01' if rule.rising else '<-0.01'}")
     delta = float(_change(b, r, rule.relative))
     changes = _change(bootstrap(base, rule.metric, rng, resamples), bootstrap(run, rule.metric, rng, resamples),
                       rule.relative)
