@@ -77,3 +77,58 @@ def test_a_clean_level_adds_no_trust_section():
     for ttft in range(10, 20):
         lv.add(ok(ttft, 100, 5))
     assert report_lines({"levels": [lv.summary()]}) == []
+
+
+# The mutation run of bench/trust.py (python tests/mutants.py trust): the section of report.md word for word, as
+# the reader acts on it: which level was throttled (and the config keys that lift the usage plan), which is
+# invalid and why, which failed past 1 % (exactly 1 % is not past it), and every failing level's percentiles.
+
+
+def level(concurrency, rate, requests, failed, throttled=0, why=(), ttft_all=None, e2e_all=None) -> dict:
+    """A level of summary.json with the keys bench.trust reads (the figures given, not computed)."""
+    nothing = {"p50": None, "p90": None, "p95": None, "p99": None}
+    return {"concurrency": concurrency, "rate": rate, "requests": requests, "failed": failed,
+            "error_share": round(failed / requests, 4), "valid": not why, "why": list(why),
+            "throttled": {"count": throttled, "share": round(throttled / requests, 4)},
+            "ttft_ms_all": ttft_all or nothing, "e2e_ms_all": e2e_all or nothing}
+
+
+def test_the_trust_section_word_for_word():
+    summary = {"levels": [
+        level(8, None, 8, 2, throttled=2, ttft_all={"p50": 30.0, "p90": None, "p95": None, "p99": None},
+              e2e_all={"p50": 300.0, "p90": 310.04, "p95": None, "p99": None}),
+        level(64, 2.5, 20, 0, why=["client lag p99 57 ms (limit 50 ms)", "client CPU 95% of 1 process(es)"]),
+        level(16, None, 100, 1, ttft_all={"p50": 12.34, "p90": 20.0, "p95": 25.0, "p99": None},
+              e2e_all={"p50": 120.0, "p90": 200.0, "p95": 250.06, "p99": None}),  # exactly 1 %: not past it
+        level(4, 0.5, 10, 3),
+    ]}
+    assert report_lines(summary) == [
+        "## Can these numbers be trusted",
+        "",
+        "- **c=8 was throttled**: 2 of 8 requests (25.0 %) got HTTP 429. On the aws stack that is the API Gateway "
+        "usage plan (10 req/s, burst 20 by default), not the model: for a capacity run raise "
+        "`llm-inference:gatewayRateLimit` and `llm-inference:gatewayBurstLimit` (`pulumi config set`, then "
+        "`pulumi up`; docs/bench.md).",
+        "- **2.5 req/s is invalid** (the client was the bottleneck): client lag p99 57 ms (limit 50 ms); client CPU "
+        "95% of 1 process(es).",
+        "- Over 1% of the requests failed at c=8 (25.0 %), 0.5 req/s (30.0 %): the success-only percentiles above "
+        "describe only the requests that got through.",
+        "",
+        "With failures counted as infinitely slow (what a user's SLO sees; \"failed\": the percentile falls on a "
+        "failed request):",
+        "",
+        "| level | failed / all | TTFT p50 | TTFT p90 | TTFT p95 | TTFT p99 | E2E p50 | E2E p90 | E2E p95 | E2E p99 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        "| c=8 | 2 / 8 | 30.0 | failed | failed | failed | 300.0 | 310.0 | failed | failed |",
+        "| c=16 | 1 / 100 | 12.3 | 20.0 | 25.0 | failed | 120.0 | 200.0 | 250.1 | failed |",
+        "| 0.5 req/s | 3 / 10 | failed | failed | failed | failed | failed | failed | failed | failed |",
+        "",
+    ]
+
+
+def test_only_a_throttled_or_an_invalid_level_still_gets_the_section():
+    throttled = level(8, None, 10, 0, throttled=1)  # counted apart from the failures here, to see it alone
+    invalid = level(8, None, 10, 0, why=["send delay p95 12.0 ms (limit 10.0 ms)"])
+    assert report_lines({"levels": [throttled]})[2].startswith("- **c=8 was throttled**: 1 of 10 requests (10.0 %)")
+    assert report_lines({"levels": [invalid]})[2:] == [
+        "- **c=8 is invalid** (the client was the bottleneck): send delay p95 12.0 ms (limit 10.0 ms).", ""]

@@ -136,3 +136,20 @@ def test_a_run_throttled_by_the_mock_exits_4_and_says_so(tmp_path, mock_server, 
     assert level["throttled"]["count"] == level["errors"]["http_429"] == level["failed"] > 0
     assert "Can these numbers be trusted" in (tmp_path / "a" / "report.md").read_text()
     assert main([*argv, "--out", str(tmp_path / "b"), "--allow-errors"]) == EXIT_OK
+
+
+def test_exit_codes_a_ci_script_branches_on():
+    # From the mutation run of runner._exit_code: each status and the search's own error limit.
+    from bench.runner import EXIT_ERROR_RATE, EXIT_FAILED, EXIT_INTERRUPTED
+    from bench.search import SearchSlo, SearchSpec
+
+    failing = summary_of(with_failures(5))
+    assert _exit_code(failing, "interrupted", config()) == EXIT_INTERRUPTED == 130
+    assert _exit_code(failing, "worker_error", config()) == EXIT_FAILED == 1
+    assert _exit_code(failing, "max_error_rate", config()) == EXIT_ERROR_RATE == 3
+    assert _exit_code(summary_of(with_failures(10, n=10)), "complete", config()) == EXIT_FAILED  # none succeeded
+    assert _exit_code({"levels": []}, "complete", config()) == EXIT_FAILED  # nothing sent
+    # A search's probes past the breaking point fail by design: not exit 4. Without a config, judged as a run.
+    search = config(search=SearchSpec("max_rate", SearchSlo(ttft_ms=200)))
+    assert _exit_code(failing, "complete", search) == EXIT_OK
+    assert _exit_code(failing, "complete") == EXIT_ERRORS
