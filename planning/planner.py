@@ -111,7 +111,9 @@ class MemoryPlan:
         return self.max_sequences_at(self.engine.max_model_len)
 
     def max_sequences_at(self, tokens: int) -> int:
-        return max(0, self.kv_capacity_tokens // max(1, tokens))
+        """Sequences of `tokens` tokens the KV cache holds at once: each takes whole blocks, as vLLM allocates."""
+        blocks_per_sequence = max(1, math.ceil(tokens / KV_BLOCK_TOKENS))
+        return max(0, self.kv_capacity_tokens // KV_BLOCK_TOKENS // blocks_per_sequence)
 
     @property
     def largest_context(self) -> int:

@@ -57,7 +57,8 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "endpoint-monitoring": (["components/endpoint_monitoring.py"],
                             ["tests/components/test_endpoint_monitoring.py",
                              "tests/components/test_token_autoscaling_math.py", "tests/components/test_aws_endpoint.py"]),
-    "planner": (["planning/planner.py"], ["tests/planning/test_planner.py"]),
+    # test_breakeven.py runs `plan --from`, --api-price and --sagemaker-vpc through planner.main
+    "planner": (["planning/planner.py"], ["tests/planning/test_planner.py", "tests/planning/test_breakeven.py"]),
     "breakeven": (["planning/breakeven.py"], ["tests/planning/test_breakeven.py"]),
 }
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import pytest
 
@@ -304,3 +306,459 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and err.startswith("python -m bench plan: error: ")
+
+
+# ------------------------------------------------------------ figures and edges (python tests/mutants.py planner)
+# Literal figures worked out by hand for the default deployment, llama-3.1-8b AWQ-INT4 on ml.g5.2xlarge (1x A10G):
+#   linear params = 32 x (4096 x 128 x (2 x 32 + 2 x 8) + 3 x 4096 x 14336) = 6,979,321,856
+#   weights = 6,979,321,856 x (0.5 + 2.5 / 128 B) + (2 x 128256 x 4096 + 65 x 4096) x 2 B = 5,727,854,592 B
+#   visible = 23028 MiB = 24,146,608,128 B; budget = x 0.9 = 21,731,947,315.2 B
+#   activations = 2048 x (2 x 14336 + 4 x 4096) x 2 + 64 x 128256 x 8 = 250,216,448 B; overhead 1e9 B
+#   KV budget = 21,731,947,315.2 - 5,727,854,592 - 250,216,448 - 1e9 = 14,753,876,275.2 B
+#   KV per token = 2 x 32 layers x 8 KV heads x 128 x 2 B = 131,072 B; a block of 16 tokens = 2,097,152 B
+#   blocks = floor(14,753,876,275.2 / 2,097,152) = 7,035 -> 112,560 tokens; 8,192-token sequences: 7035 // 512 = 13
+
+
+def test_memory_json_figures_of_the_default_deployment():
+    out = memory().to_dict()
+    formula, warnings = out.pop("formula"), out.pop("warnings")
+    assert out == {
+        "instance": "ml.g5.2xlarge", "gpu": "A10G", "gpu_count": 1, "tensor_parallel": 1,
+        "per_gpu": {"visible_gb": 24.1466, "gpu_memory_utilization": 0.9, "budget_gb": 21.7319, "weights_gb": 5.7279,
+                    "activations_gb": 0.250216, "overhead_gb": 1.0, "kv_cache_gb": 14.7539, "kv_bytes_per_token": 131072},
+        "kv_capacity_tokens": 112560, "max_model_len": 8192, "max_sequences_at_max_model_len": 13,
+        "largest_max_model_len": 112560, "fits": True, "problem": None, "problem_field": None,
+    }
+    assert set(formula) == {"budget", "kv_cache", "kv_bytes_per_token", "activations"}
+    assert len(warnings) == 1 and "holds 13 full 8,192-token sequences, fewer than max_batch_size 64" in warnings[0]
+
+
+def test_tensor_parallel_splits_the_mlp_activations():
+    # llama-3.1-70b over 8 GPUs: 2048 x (2 x 28672 / 8 + 4 x 8192) x 2 + 64 x 128256 x 8 = 229,244,928 B per GPU
+    assert memory(FP16_70B, "ml.g5.48xlarge").activation_bytes == 229_244_928
+
+
+def test_a_sequence_takes_whole_kv_blocks():
+    # 7,035 blocks of 16 tokens (above). vLLM gives each sequence whole blocks: a 17-token one takes 2, a 150-token
+    # one 10 (160 tokens), so 3,517 and 703 of them fit, not 112,560 // 17 = 6,621 and 112,560 // 150 = 750.
+    m = memory()
+    assert (m.max_sequences_at(16), m.max_sequences_at(17), m.max_sequences_at(150)) == (7035, 3517, 703)
+    assert (m.max_sequences_at(8192), m.max_sequences_at(8193)) == (13, 13)  # 7035 // 512, 7035 // 513
+
+
+def test_a_max_model_len_fits_exactly_up_to_the_last_kv_token():
+    assert memory(max_model_len=112_560).fits
+    m = memory(max_model_len=112_561)
+    assert (m.fits, m.problem_field, m.largest_context) == (False, "max_model_len", 112_560)
+
+
+def test_weights_that_fill_the_whole_budget_are_refused_as_the_model():
+    # 5,727,854,592 / 24,146,608,128 = 0.237211560383012: the budget is exactly the weights
+    m = memory(gpu_memory_utilization=0.237211560383012)
+    assert m.budget_bytes == m.weight_bytes == 5_727_854_592
+    assert (m.fits, m.problem_field) == (False, "model")
+
+
+def test_an_overhead_that_leaves_no_kv_budget_holds_no_tokens_and_warns_of_nothing_else():
+    # 21.73 - 5.73 - 0.25 - 16 GB < 0: no block at all, not a negative count
+    m = memory(overhead_gb=16)
+    assert (m.kv_capacity_tokens, m.largest_context, m.max_sequences_at_context) == (0, 0, 0)
+    assert m.problem_field == "max_model_len" and "needs 1.1 GB, but ml.g5.2xlarge has 0.0 GB left" in m.problem
+    assert m.warnings == ()  # the problem says it; no "holds 0 sequences" warning on top
+
+
+def test_the_batch_warning_starts_one_sequence_past_what_the_kv_cache_holds():
+    assert memory(max_batch_size=13).warnings == ()  # 13 full 8,192-token sequences fit
+    (warning,) = memory(max_batch_size=14).warnings
+    assert "holds 13 full 8,192-token sequences, fewer than max_batch_size 14" in warning
+
+
+def test_heads_refusal_names_the_model_as_the_field():
+    assert memory("Qwen/Qwen2.5-7B-Instruct", "g5.48xlarge").problem_field == "model"
+
+
+def test_weights_refusal_over_several_gpus_gives_the_per_gpu_share():
+    m = memory(FP16_70B, "Standard_NV72ads_A10_v5")  # 2x A10: 141.1 GB / 2 per GPU
+    assert m.problem_field == "model"
+    assert m.problem == ("llama-3.1-70b fp16 needs 141.1 GB of weights (70.6 GB per GPU at TP 2); "
+                         "Standard_NV72ads_A10_v5 has 2x A10 24 GB (24.1 GB visible, 21.7 GB usable at 0.9 per GPU)")
+
+
+def test_kv_refusal_says_per_gpu_only_over_several_gpus():
+    # 70b AWQ over 2x A10: 39.8 GB / 2 of weights; KV per token per GPU = 2 x 80 x (8 / 2) x 128 x 2 = 163,840 B,
+    # x 8,192 tokens = 1.3 GB, against 21.73 - 19.88 - 0.32 - 1 = 0.53 GB left
+    m = memory("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4", "Standard_NV72ads_A10_v5")
+    assert m.problem_field == "max_model_len"
+    assert "needs 1.3 GB per GPU, but Standard_NV72ads_A10_v5 has 0.5 GB left for it after 19.9 GB of weights" in m.problem
+    assert "needs 17.2 GB, but ml.g5.2xlarge has" in memory(max_model_len=131072).problem  # 1 GPU: no "per GPU"
+
+
+@pytest.mark.parametrize(
+    ("engine", "field"),
+    [
+        (dict(max_model_len=0), "max_model_len"), (dict(max_model_len=True), "max_model_len"),
+        (dict(max_batch_size=0), "max_batch_size"), (dict(max_num_batched_tokens=0), "max_num_batched_tokens"),
+        (dict(gpu_memory_utilization=0), "gpu_memory_utilization"),
+        (dict(gpu_memory_utilization=1.01), "gpu_memory_utilization"), (dict(overhead_gb=-0.5), "overhead_gb"),
+        (dict(kv_cache_dtype="int4"), "kv_cache_dtype"),
+    ],
+)
+def test_engine_refusals_name_the_field(engine, field):
+    with pytest.raises(planner.PlanError) as err:
+        memory(**engine)
+    assert str(err.value).startswith(f"{field} ")
+    if field == "kv_cache_dtype":
+        assert str(err.value) == "kv_cache_dtype 'int4' is not one of: auto, fp16, bf16, fp8"
+
+
+def test_engine_edges_that_are_accepted():
+    assert memory(gpu_memory_utilization=1.0).budget_bytes == 23028 * 2**20
+    assert memory(overhead_gb=0).overhead_bytes == 0 and memory(overhead_gb=0.5).overhead_bytes == 0.5 * GB
+
+
+# ----------------------------------------------------------------------------- roofline: figures and edges
+
+
+def test_estimate_json_figures_of_the_default_deployment():
+    # 512 prompt + 256 output tokens at concurrency 8, $1.515/h. Per token: decode = 2 x 7,504,658,432 matmul params
+    # + 4 x 32 x 32 x 128 x (512 + 128) attention = 15.344861184 GFLOP; prefill = 2 x 6,979,321,856 x 512
+    # + 2 x 128256 x 4096 + 2 x 32 x 32 x 128 x 512^2 = 7.216595730432 TFLOP. KV read = 8 x 640 x 131072 B.
+    # step = (5.727854592 + 0.67108864) GB / 600 GB/s = 10.6649 ms (compute: 8 x 15.34 GFLOP / 70 TFLOPS = 1.75 ms)
+    # TTFT = (7.2166 T + 7 x 15.34 G) / 70 T = 104.6287 ms; E2E = 104.6287 + 255 x 10.6649 = 2,824.1796 ms
+    # tok/s = 8 x 256 / 2.8241796 s = 725.166; req/s = 8 / 2.8241796 = 2.83268; $/1k = 1.515 / (725.166 x 3600) x 1000
+    e = planner.estimate(memory(), planner.Workload(512, 256, 8), price_per_hour=1.515).to_dict()
+    formula = e.pop("formula")
+    assert e == {
+        "instance": "ml.g5.2xlarge", "concurrency": 8, "batch": 8, "batch_limit": "concurrency",
+        "prompt_tokens": 512, "output_tokens": 256, "weights_gb": 5.7279, "kv_read_gb": 0.671089,
+        "bandwidth_gb_s": 600.0, "compute_tflops": 70.0, "compute_path": "fp16", "decode_gflop_per_token": 15.3449,
+        "prefill_tflop": 7.2166, "step_ms": 10.6649, "bound": "memory", "ttft_ms": 104.6287, "tpot_ms": 10.6649,
+        "e2e_ms": 2824.1796, "queue_ms": 0.0, "tokens_per_s_per_sequence": 93.7655, "output_tokens_per_s": 725.1663,
+        "requests_per_s": 2.8327, "price_per_hour": 1.515, "cost_per_1k_tokens_usd": 0.000580327,
+        "cost_per_1m_tokens_usd": 0.580327, "problem": None,
+    }
+    assert set(formula) == {"step_ms", "kv_read_gb", "ttft_ms", "tpot_ms", "e2e_ms", "output_tokens_per_s",
+                            "cost_per_1k_tokens_usd"}
+
+
+def test_tensor_parallel_divides_the_flops_per_gpu():
+    # llama-3.1-70b fp16 over 8x A10G, 512 + 256 tokens, one sequence. Per GPU: decode = (2 x 69,502,369,792
+    # + 4 x 80 x 64 x 128 x 640) / 8 = 17.585143808 GFLOP; prefill = (2 x 68,451,041,280 x 512 + 2 x 128256 x 8192)
+    # / 8 + 4 x 80 x 64 x 128 / 8 x 512^2 / 2 = 8.804945625088 TFLOP; step = (17.638 + 0.0262) GB / 600 = 29.441 ms
+    e = planner.estimate(memory(FP16_70B, "ml.g5.48xlarge"), planner.Workload(512, 256, 1))
+    assert e.decode_gflop_per_token == pytest.approx(17.585143808)
+    assert e.prefill_tflop == pytest.approx(8.804945625088)
+    assert e.step_ms == pytest.approx(29.441068373)
+    assert e.ttft_ms == pytest.approx(125.784937501)  # 8.80495 T / 70 T
+    assert e.e2e_ms == pytest.approx(7633.257372701)  # 125.785 + 255 x 29.441
+
+
+def test_a_large_batch_of_short_sequences_is_compute_bound():
+    # max_batch_size 256 (activations 2048 x 45056 x 2 + 256 x 128256 x 8 B), 128 + 64 tokens at concurrency 256:
+    # decode = 2 x 7,504,658,432 + 524,288 x 160 = 15.093202944 GFLOP/token; prefill = 1.792052035584 TFLOP.
+    # step: compute 256 x 15.0932 G / 70 T = 55.198 ms > memory (5.7279 + 256 x 160 x 131072 / 1e9) / 600 = 18.494 ms
+    # TPOT = 256 x (1.79205 T + 63 x 15.0932 G) / 64 / 70 T = 156.7385 ms; TTFT = (1.79205 T + 255 x 15.0932 G) / 70 T
+    e = planner.estimate(memory(max_batch_size=256), planner.Workload(128, 64, 256))
+    assert (e.batch, e.bound) == (256, "compute")
+    assert e.step_ms == pytest.approx(55.198, rel=1e-5)
+    assert e.tpot_ms == pytest.approx(156.7385, rel=1e-5)
+    assert e.ttft_ms == pytest.approx(80.5831, rel=1e-5)
+    assert e.output_tokens_per_s == pytest.approx(1645.788, rel=1e-5)  # 256 x 64 / 9.95511 s
+
+
+def test_a_short_prompt_s_first_token_waits_on_memory_not_compute():
+    # 16 + 2048 tokens at concurrency 16: mean context 16 + 1024 = 1,040. TTFT reads the weights, the 15 other
+    # sequences' KV and writes the prompt's: (5,727,854,592 + 15 x 1040 x 131072 + 16 x 131072) / 600e9 = 12.9578 ms;
+    # its FLOPs take (0.224456 T + 15 x 15.5546 G) / 70 T = 6.54 ms.
+    e = planner.estimate(memory(), planner.Workload(16, 2048, 16))
+    assert e.ttft_ms == pytest.approx(12.957791573, rel=1e-9)
+    assert e.step_ms == pytest.approx(13.181487787, rel=1e-9)  # (5.72785 + 16 x 1040 x 131072 / 1e9) GB / 600
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization", "instance", "path", "tflops"),
+    [
+        ("llama-3.1-8b", "int8", "ml.g5.2xlarge", "int8", 140.0),  # A10G INT8 tensor
+        ("llama-3.1-8b", "fp8", "g2-standard-8", "fp8", 242.5),  # L4 FP8 tensor
+        ("llama-3.1-8b", "fp8", "ml.g5.2xlarge", "fp16", 70.0),  # Ampere: no FP8 tensor cores, 16-bit matmuls
+    ],
+)
+def test_the_compute_peak_follows_the_quantization_s_tensor_path(model, quantization, instance, path, tflops):
+    spec = catalog.require_model(model, quantization)
+    m = planner.plan_memory(spec, catalog.instance(instance), planner.Engine())
+    e = planner.estimate(m, planner.Workload())
+    assert (e.compute_path, e.compute_tflops) == (path, pytest.approx(tflops))
+
+
+def test_one_sequence_longer_than_the_kv_cache_has_no_estimate():
+    # 100,000 + 20,000 tokens need 7,500 blocks; the cache has 7,035
+    e = planner.estimate(memory(), planner.Workload(100_000, 20_000, 4), price_per_hour=1.515)
+    assert e.problem == "one sequence of 120,000 tokens does not fit the KV cache"
+    assert (e.batch, e.batch_limit, e.bound, e.cost_per_1k_tokens_usd, e.cost_per_1m_tokens_usd) == (
+        0, "kv_cache", "-", None, None)
+    for name in ("kv_read_gb", "step_ms", "ttft_ms", "tpot_ms", "e2e_ms", "queue_ms", "tokens_per_s_per_sequence",
+                 "output_tokens_per_s", "requests_per_s"):
+        assert math.isnan(getattr(e, name)), name
+    out = e.to_dict()
+    assert (out["output_tokens"], out["weights_gb"], out["compute_path"], out["price_per_hour"]) == (
+        20_000, 5.7279, "fp16", 1.515)
+    assert out["decode_gflop_per_token"] is not None and out["prefill_tflop"] is not None
+
+
+def test_an_instance_whose_memory_plan_has_a_problem_keeps_it_in_the_estimate():
+    # llama-2-7b at 8,192 tokens of context: beyond the model, although the L4's KV cache would hold a sequence
+    m = memory("meta-llama/Llama-2-7b-chat-hf", "g2-standard-8", max_model_len=8192)
+    e = planner.estimate(m, planner.Workload(128, 64, 1))
+    assert e.problem == m.problem and e.batch == 0
+
+
+@pytest.mark.parametrize(
+    ("workload", "field"),
+    [((0, 64, 1), "prompt_tokens"), ((128, 0, 1), "output_tokens"), ((128, 64, 0), "concurrency")],
+)
+def test_workload_refusals_name_the_field(workload, field):
+    with pytest.raises(planner.PlanError) as err:
+        planner.estimate(memory(), planner.Workload(*workload))
+    assert str(err.value) == f"{field} must be a positive whole number, got 0"
+
+
+@pytest.mark.parametrize(
+    ("efficiency", "field"),
+    [((0, 1.0), "bandwidth_efficiency"), ((1.0, 1.5), "compute_efficiency"), ((1.0, "0.5"), "compute_efficiency")],
+)
+def test_efficiency_refusals_name_the_field(efficiency, field):
+    with pytest.raises(planner.PlanError) as err:
+        planner.estimate(memory(), planner.Workload(), efficiency=planner.Efficiency(*efficiency))
+    assert str(err.value).startswith(f"{field} must be in (0, 1], got ")
+
+
+def test_cost_edges():
+    assert planner.cost_per_1k_tokens(0.0, 100) == 0.0  # a free instance is a price, not an error
+    assert planner.cost_per_1k_tokens(1.0, 0.5) == pytest.approx(1 / 1800 * 1000)  # 0.5 tok/s is a throughput
+    with pytest.raises(planner.PlanError, match="throughput"):
+        planner.cost_per_1k_tokens(1.5, 0)
+
+
+# ---------------------------------------------------------------------------- fit check: the fixes it names
+
+
+def test_check_fits_names_a_context_that_fits_and_a_bigger_type():
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits(AWQ_8B, "ml.g5.2xlarge", 131072, 64, 0.9)
+    assert (err.value.field, err.value.largest_context, err.value.four_bit) == ("max_model_len", 112_560, None)
+    # the cheapest SageMaker type that holds a 131,072-token sequence: 4x A10G (ml.g6 has no price to rank it by)
+    assert err.value.suggestion() == (
+        "lower max_model_len to 112,560 or less or move to the cheapest aws instance type that fits, "
+        "ml.g5.12xlarge (4x A10G 24 GB, $7.09/h)")
+    assert str(err.value).endswith(f"; {err.value.suggestion()}") and "pulumi config set" not in str(err.value)
+    assert err.value.suggestion("maxModelLen", "instanceType").endswith(
+        "$7.09/h) with `pulumi config set instanceType ml.g5.12xlarge`")
+    assert err.value.suggestion("maxModelLen").startswith("lower maxModelLen to 112,560")
+
+
+def test_check_fits_offers_no_4_bit_checkpoint_of_a_4_bit_model_or_one_that_does_not_fit():
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4", "ml.g5.2xlarge", 8192, 64, 0.9)
+    assert (err.value.field, err.value.largest_context, err.value.four_bit) == ("model", 0, None)
+    assert err.value.bigger.name == "ml.g5.12xlarge"  # 39.8 GB / 4 GPUs
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits(FP16_70B, "ml.g5.2xlarge", 8192, 64, 0.9)
+    assert err.value.four_bit is None  # 70b in 4 bits is 39.8 GB: it does not fit a 24 GB card either
+
+
+def test_check_fits_offers_a_4_bit_checkpoint_of_a_bf16_model_and_the_cheapest_bigger_type():
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits("llama-2-13b", "g2-standard-8", 4096, 64, 0.9, "bf16")
+    assert err.value.four_bit is not None
+    # max_model_len 4,096 is the model's whole context: a bigger type still helps (2x L4: 13 GB of weights each)
+    assert err.value.bigger.name == "g2-standard-24"
+
+
+def test_check_fits_of_a_context_beyond_the_model_suggests_only_the_model_s_context():
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits("meta-llama/Llama-2-7b-chat-hf", "g2-standard-8", 8192, 64, 0.9)
+    assert (err.value.field, err.value.largest_context, err.value.bigger) == ("max_model_len", 4096, None)
+
+
+def test_check_fits_a_refusal_with_no_fix_is_the_problem_alone():
+    with pytest.raises(planner.ModelDoesNotFit) as err:  # 811.7 GB of weights: no GCP type here holds them
+        planner.check_fits("meta-llama/Llama-3.1-405B-Instruct", "g2-standard-8", 8192, 64, 0.9)
+    assert err.value.suggestion() == ""
+    assert str(err.value) == ("llama-3.1-405b fp16 needs 811.7 GB of weights; g2-standard-8 has 1x L4 24 GB "
+                              "(24.2 GB visible, 21.7 GB usable at 0.9)")
+
+
+def test_check_fits_uses_the_quantization_and_engine_settings_it_is_given():
+    plan = planner.check_fits("meta-llama/Llama-3.1-8B-Instruct", "ml.g5.2xlarge", 8192, 32, 0.8, "awq-int4")
+    assert plan.spec.quantization.name == "awq-int4"
+    assert plan.activation_bytes == 2048 * 45056 * 2 + 32 * 128256 * 8  # max_batch_size 32
+    assert plan.budget_bytes == pytest.approx(23028 * 2**20 * 0.8)
+    custom = planner.check_fits("my-org/q", "ml.g5.2xlarge", 8192, 64, 0.9, "awq-int4", catalog_model="llama-3.1-8b")
+    assert custom.spec.quantization.name == "awq-int4"
+    with pytest.raises(planner.ModelDoesNotFit) as err:  # 0.3 x 24.1 GB = 7.2 GB: 0.26 GB of KV after the weights
+        planner.check_fits(AWQ_8B, "ml.g5.2xlarge", 8192, 64, 0.3)
+    assert err.value.field == "max_model_len"
+
+
+def test_cheapest_fitting_keeps_to_the_types_named():
+    spec = catalog.require_model("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4")
+    like = catalog.instance("ml.g5.2xlarge")
+    assert planner.cheapest_fitting(spec, planner.Engine(), like=like, among={"ml.g5.48xlarge"}).name == "ml.g5.48xlarge"
+    assert planner.cheapest_fitting(spec, planner.Engine(), like=like, among={"ml.g5.2xlarge"}) is None
+
+
+# ------------------------------------------------------------------------------- plan: prices, JSON, CLI
+
+
+def test_build_plan_prices_in_the_region_asked_and_says_why_none(tmp_path, monkeypatch):
+    for name in (catalog.PRICES_ENV, catalog.PRICES_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    spec, inst = catalog.require_model(AWQ_8B), [catalog.instance("ml.g5.2xlarge")]
+    half = planner.Efficiency(0.5, 0.5)
+    plan = planner.build_plan(spec, inst, planner.Engine(), [planner.Workload()], efficiency=half)
+    assert (plan.prices, plan.price_notes) == ({"ml.g5.2xlarge": 1.515}, {"ml.g5.2xlarge": "us-east-1"})
+    assert (plan.estimates[0].bandwidth_gb_s, plan.estimates[0].compute_tflops) == (300.0, 35.0)
+    plan = planner.build_plan(spec, inst, planner.Engine(), [planner.Workload()], regions={"*": "us-west-2"})
+    assert (plan.prices, plan.price_notes) == ({"ml.g5.2xlarge": 1.515}, {"ml.g5.2xlarge": "us-west-2"})
+    plan = planner.build_plan(spec, inst, planner.Engine(), [planner.Workload()], regions={"*": "eu-west-1"})
+    note = plan.price_notes["ml.g5.2xlarge"]
+    assert plan.prices == {"ml.g5.2xlarge": None} and note.startswith("no price for ml.g5.2xlarge in eu-west-1")
+    assert note.endswith(f"or a prices file ({catalog.PRICES_FILE_ENV})")  # a catalog type: no "(source)" after it
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"ml.g5.2xlarge": 2.0}')
+    plan = planner.build_plan(spec, inst, planner.Engine(), [planner.Workload()], prices_file=str(prices))
+    assert plan.prices == {"ml.g5.2xlarge": 2.0}
+
+
+def test_cli_passes_every_engine_workload_and_efficiency_flag(capsys):
+    argv = ["--json", "--instance", "ml.g5.2xlarge", "--model", "llama-3.1-8b", "--quantization", "awq-int4",
+            "--max-model-len", "4096", "--max-batch-size", "8", "--gpu-memory-utilization", "0.8",
+            "--kv-cache-dtype", "fp8", "--max-num-batched-tokens", "1024", "--overhead-gb", "0.5",
+            "--concurrency", "8", "--prompt-tokens", "512", "--output-tokens", "256",
+            "--bandwidth-efficiency", "1", "--compute-efficiency", "0.5", "--utilization", "0.25"]
+    assert planner.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["engine"] == {"max_model_len": 4096, "max_batch_size": 8, "gpu_memory_utilization": 0.8,
+                             "kv_cache_dtype": "fp8", "max_num_batched_tokens": 1024, "overhead_gb": 0.5}
+    assert out["efficiency"] == {"bandwidth": 1.0, "compute": 0.5}
+    assert out["model"]["quantization"] == "awq-int4"
+    (e,) = out["instances"][0]["estimates"]
+    assert (e["prompt_tokens"], e["output_tokens"], e["concurrency"], e["compute_tflops"]) == (512, 256, 8, 35.0)
+    assert out["break_even"]["ml.g5.2xlarge"]["utilization"] == 0.25
+
+
+def test_cli_json_model_figures():
+    # the figures of the header above: 8,030,261,248 params = 6,979,321,856 linear + 1,050,673,152 embeddings
+    # + 266,240 norms; AWQ-INT4 stores 0.5 + 2.5 / 128 = 0.51953125 B per linear weight
+    plan = planner.build_plan(catalog.require_model(AWQ_8B), [], planner.Engine(kv_cache_dtype="fp8"), [])
+    model = plan.to_dict()["model"]
+    formula = model.pop("formula")
+    assert model == {
+        "requested": AWQ_8B, "catalog_model": "llama-3.1-8b", "quantization": "awq-int4", "params": 8_030_261_248,
+        "linear_params": 6_979_321_856, "embedding_params": 1_050_673_152, "layers": 32, "hidden_size": 4096,
+        "attention_heads": 32, "kv_heads": 8, "head_dim": 128, "vocab_size": 128256, "max_context": 131072,
+        "bytes_per_param": 0.51953125, "weights_gb": 5.7279, "kv_bytes_per_token": 65536,  # fp8 KV: 1 B per element
+    }
+    assert set(formula) == {"weights", "kv_bytes_per_token"}
+    assert set(plan.to_dict()) == {"model", "engine", "efficiency", "instances"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--concurrency", ","], "python -m bench plan: error: --concurrency needs at least one value\n"),
+        (["--region", "aws="], "python -m bench plan: error: --region 'aws=': the region is empty\n"),
+        (["--gpu-memory-utilization", "abc"], "argument --gpu-memory-utilization: 'abc' is not a number"),
+        (["--gpu-memory-utilization", "1.5"], "argument --gpu-memory-utilization: must be in (0, 1], got 1.5"),
+        (["--overhead-gb", "x"], "argument --overhead-gb: 'x' is not a number"),
+    ],
+)
+def test_cli_more_refusals(capsys, argv, message):
+    try:
+        code = planner.main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_cli_flag_edges_that_are_accepted(capsys):
+    assert planner.main(["--json", "--instance", "g2-standard-8", "--overhead-gb", "0", "--gpu-memory-utilization",
+                         "1", "--prices-file", "/dev/null/none.json", "--concurrency", "1"]) == 2  # the file is read
+    assert "prices file '/dev/null/none.json'" in capsys.readouterr().err
+    assert planner.main(["--json", "--instance", "g2-standard-8", "--overhead-gb", "0", "--gpu-memory-utilization",
+                         "1", "--concurrency", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["engine"]["overhead_gb"], out["engine"]["gpu_memory_utilization"]) == (0.0, 1.0)
+
+
+def test_regions_with_and_without_a_cloud():
+    assert planner._regions(["us-west-2", "gcp=europe-west4", "azure= westus "]) == {
+        "*": "us-west-2", "gcp": "europe-west4", "azure": "westus"}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"), [(None, "-"), (0.000580327, "$0.00058"), (0.5803, "$0.58"), (1.5, "$1.5"), (1.515, "$1.515"),
+                        (3.0, "$3"), (168.634028, "$168.634"), (1234.5, "$1,234.5")],
+)
+def test_money_as_the_tables_print_it(value, text):
+    assert planner._money(value, 3) == text
+
+
+def _cells(text: str, first: str) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line.strip()) for line in text.splitlines() if line.strip().startswith(first + " ")]
+
+
+def test_the_tables_figures():
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    # llama-3.1-70b fp16: 70,553,706,496 params = 68,451,041,280 linear x 2 B + 2,102,665,216 embeddings/norms x 2 B
+    # = 141.1 GB; KV per token 2 x 80 x 8 x 128 x 2 = 327,680 B = 320 KiB. ml.g5.2xlarge: 21.73 - 141.11 - 0.43
+    # (2048 x 90112 x 2 + 64 x 128256 x 8 B) - 1 = -120.81 GB. ml.g5.48xlarge (TP 8): 17.64 GB of weights, 0.23 of
+    # activations, 2.86 of KV = 4,370 blocks = 69,920 tokens, 8 sequences of 8,192. Its estimate: see
+    # test_tensor_parallel_divides_the_flops_per_gpu; $20.36/h / (33.537 tok/s x 3600) x 1e6 = $168.634 per 1M.
+    plan = planner.build_plan(catalog.require_model("llama-3.1-70b"), [catalog.instance("ml.g5.2xlarge"),
+                              catalog.instance("ml.g5.48xlarge")], planner.Engine(), [planner.Workload(512, 256, 1)])
+    planner.render(plan, console)
+    text = console.export_text()
+    assert ("llama-3.1-70b fp16 (llama-3.1-70b): 70.55B params (68.45B in linear layers x 2 B + 2.10B "
+            "embeddings/norms x 2 B) = 141.1 GB of weights") in text
+    assert "KV cache per token: 2 x 80 layers x 8 KV heads x 128 dim x 2 B = 327,680 B (320 KiB);" in text
+    assert _cells(text, "instance") == [
+        ["instance", "GPUs", "budget", "weights", "activ.", "other", "KV cache", "KV tokens", "seqs@8,192", "fits"],
+        ["instance", "conc.", "batch", "step ms", "bound", "TTFT ms", "TPOT ms", "E2E ms", "tok/s/seq", "tok/s",
+         "$/1M tok"]]
+    assert _cells(text, "ml.g5.2xlarge") == [
+        ["ml.g5.2xlarge", "1x A10G 24G", "21.7", "141.11", "0.43", "1.00", "-120.81", "0", "0", "NO"],
+        ["ml.g5.2xlarge", "1"] + ["-"] * 9]
+    assert _cells(text, "ml.g5.48xlarge") == [
+        ["ml.g5.48xlarge", "8x A10G 24G", "21.7", "17.64", "0.23", "1.00", "2.86", "69,920", "8", "yes"],
+        ["ml.g5.48xlarge", "1", "1", "29.4", "memory", "126", "29.4", "7,633", "34.0", "34", "$168.634"]]
+    assert "Roofline estimates: prompt 512 + output 256 tokens, at 100% of peak bandwidth and 100% of peak" in text
+    assert "  ml.g5.48xlarge: $20.36/h, 600 GB/s, 70 TFLOPS fp16" in text
+    assert "Memory per GPU (GB): budget = the GPU's visible memory x 0.9; KV cache = budget - weights" in text
+    assert "  batch: concurrency, capped by max_batch_size (cap) or by the sequences the KV cache holds (KV)" in text
+    assert "us-east-1" not in text  # priced in the default region: no price note
+
+
+def test_the_tables_say_what_capped_the_batch():
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    # max_batch_size 16: activations 2048 x 45056 x 2 + 16 x 128256 x 8 = 200,966,144 B, so 7,058 blocks.
+    # 128 + 64 tokens at 4: batch 4; at 32: capped at 16; 4096 + 4096 at 32: 7058 // 512 = 13 sequences in the KV cache
+    plan = planner.build_plan(catalog.require_model(AWQ_8B), [catalog.instance("ml.g5.2xlarge")],
+                              planner.Engine(max_batch_size=16), [planner.Workload(128, 64, 4),
+                              planner.Workload(128, 64, 32), planner.Workload(4096, 4096, 32)])
+    planner.render(plan, console)
+    rows = _cells(console.export_text(), "ml.g5.2xlarge")
+    assert [row[1:3] for row in rows[1:]] == [["4", "4"], ["32", "16 cap"], ["32", "13 KV"]]
+    assert [row[-1] for row in rows[1:]] == ["$1.046", "$0.273", "$0.881"]  # $1.515/h at 402, 1,539 and 478 tok/s
+
+
+def test_the_text_plan_ends_with_the_break_even_of_each_instance(capsys):
+    assert planner.main(["--instance", "ml.g5.2xlarge", "--api-price", "0.5,1.5", "--concurrency", "8"]) == 0
+    out = capsys.readouterr().out
+    tail = out.split("Self-host or buy tokens (one always-on instance, its best estimated throughput):\n")[1]
+    assert tail.startswith("ml.g5.2xlarge: $1.515/h, ")
+    assert "\n  self-hosted at 50% utilization: " in tail and "\n  break-even: " in tail
