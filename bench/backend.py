@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import http.cookiejar
 from dataclasses import dataclass, field
 from time import perf_counter_ns
 
@@ -91,13 +92,29 @@ class _StampingProtocol(ResponseHandler):
 
     def data_received(self, data: bytes) -> None:
         t = perf_counter_ns()
+        if not data:  # aiohttp's own call as it resumes reading (after a read of the reply's body): no socket read
+            super().data_received(data)
+            return
+        before = self._payload
+        bytes_before = before.total_bytes if before is not None else 0
         super().data_received(data)
         payload = self._payload
+        if payload is None and before is not None and before.total_bytes != bytes_before:
+            # This read ended the reply and the connection was closed at once (`Connection: close`), which
+            # drops the protocol's payload: the read is stamped all the same (else the reply's last events
+            # took the time of the read before).
+            payload = before
         if payload is not None:
             if payload is not self.marked_payload:
                 self.marked_payload = payload
                 self.marks = []
             self.marks.append((t, payload.total_bytes))
+
+    def pause_reading(self) -> None:
+        # Never paused: the reply is read whole after its end (`wait_eof`, see Backend._send_aiohttp), so the
+        # flow control that pauses the socket once 2 x read_bufsize (8 MiB) wait unread would wait for ever: a
+        # longer reply ran into --timeout. The body is kept whole anyway.
+        pass
 
 
 # Per request (each send runs in a task of its own, with its own context): whether the connection the
@@ -219,7 +236,10 @@ class Backend:
             import httpx
 
             self._httpx = httpx.AsyncClient(
-                http2=True, trust_env=False, timeout=None, limits=httpx.Limits(max_connections=None)
+                http2=True, trust_env=False, timeout=None, limits=httpx.Limits(max_connections=None),
+                # no cookie kept (aiohttp's DummyCookieJar): a load balancer's stickiness cookie sent back
+                # would pin every request of a worker to one target
+                cookies=http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[])),
             )
             return
         connector_cls = StampingConnector if self.stamping == "protocol" else PoolAwareConnector

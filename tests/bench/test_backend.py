@@ -1,8 +1,13 @@
 """bench.backend + bench.measure against the mock server: every fault lands in its error kind."""
 
 import asyncio
+import gzip
+import hashlib
+import hmac
+import re
 import socket
 import threading
+import time
 
 import orjson
 import pytest
@@ -170,8 +175,12 @@ class OneRequestPerConnection:
                 if number == 2:
                     return  # closed under the client's reused connection
                 self.answered += 1
+                # in two reads (the second 50 ms later), as a stream comes: the reply is stamped per read
+                cut = self.REPLY.index(b"\n\n") + 2
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                             b"Content-Length: %d\r\n\r\n" % len(self.REPLY) + self.REPLY)
+                             b"Content-Length: %d\r\n\r\n" % len(self.REPLY) + self.REPLY[:cut])
+                time.sleep(0.05)
+                conn.sendall(self.REPLY[cut:])
 
     def close(self):
         self.sock.close()
@@ -196,6 +205,8 @@ def test_a_pooled_connection_closed_under_the_client_is_sent_again_once():
     rec = measure(second)
     assert rec["ok"] and rec["output_tokens"] == 1, rec
     assert second.retried and rec["retried"] is True
+    # The clock runs from the first try: no send stamp (the retry's write) to count TTFT from.
+    assert first.t_sent_ns > 0 and second.t_sent_ns == 0
     assert server.answered == 2
 
 
@@ -219,12 +230,16 @@ def test_the_mock_times_its_ttft_from_the_socket_read(mock_server):
 
 
 class CannedServer:
-    """A raw HTTP/1.1 server that answers every request with the same bytes and closes the connection."""
+    """A raw HTTP/1.1 server that answers every request with the same bytes and closes the connection. It keeps
+    each request it read (`requests`: head, body) and, given `hold`, answers only once that is set."""
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                 hold: threading.Event | None = None):
         head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
         self.response = head.encode() + b"\r\n" + body
+        self.hold = hold
+        self.requests: list[tuple[bytes, bytes]] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -235,17 +250,36 @@ class CannedServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        break
-                    data += piece
-                conn.sendall(self.response)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                piece = conn.recv(65536)
+                if not piece:
+                    return
+                data += piece
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(request_headers(head).get("content-length", "0"))
+            while len(body) < length:
+                piece = conn.recv(65536)
+                if not piece:
+                    break
+                body += piece
+            self.requests.append((head, body))
+            if self.hold is not None:
+                self.hold.wait(10)
+            conn.sendall(self.response)
 
     def close(self):
         self.sock.close()
+
+
+def request_headers(head: bytes) -> dict[str, str]:
+    """A request head's headers, names lower-cased (the request line left out)."""
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    return {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
 
 
 @pytest.fixture
@@ -357,3 +391,234 @@ def test_a_timeout_names_the_limit(mock_server):
     reply = send(mock_server(ttft_ms=3000).url, timeout=0.25)
     assert reply.error_kind == "timeout"
     assert reply.error_detail == "no complete reply within --timeout 0.25s"
+
+
+# ------------------------------------------------------------------ what each client sends and keeps (mutation testing)
+
+CLIENTS = [{}, {"stamping": "task"}, {"http2": True}]
+SSE_REPLY = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+
+
+def send_twice(url, client, headers=None):
+    async def go():
+        backend = Backend(url + "/chat/completions", {"Content-Type": "application/json", **(headers or {})}, 5.0,
+                          **client)
+        await backend.start()
+        try:
+            return await backend.send(BODY), await backend.send(BODY)
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_the_request_carries_the_body_and_every_header_given(canned, client):
+    server = canned(200, SSE_REPLY, {"Content-Type": "text/event-stream"})
+    reply = send(server.url, headers={"x-api-key": "sekret", "X-Tenant": "bench"}, **client)
+    assert measure(reply)["ok"]
+    [(head, body)] = server.requests
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n") and body == BODY
+    sent = request_headers(head)
+    assert (sent["content-type"], sent["x-api-key"], sent["x-tenant"]) == ("application/json", "sekret", "bench")
+
+
+def sigv4_signature(secret: str, region: str, head: bytes, body: bytes) -> str:
+    """The signature the server works out (AWS's documented SigV4 steps) from the request it received."""
+    method, path, _ = head.split(b"\r\n", 1)[0].decode().split(" ")
+    headers = request_headers(head)
+    signed = re.search(r"SignedHeaders=([^,]+)", headers["authorization"])[1]
+    amz_date = headers["x-amz-date"]
+    canonical = "\n".join([method, path, "", *(f"{h}:{headers[h]}" for h in signed.split(";")), "", signed,
+                           hashlib.sha256(body).hexdigest()])
+    scope = f"{amz_date[:8]}/{region}/lambda/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = ("AWS4" + secret).encode()
+    for part in (amz_date[:8], region, "lambda", "aws4_request"):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("client", [{}, {"http2": True}])
+def test_a_sigv4_signed_request_verifies_at_the_server_with_its_body_and_headers(canned, monkeypatch, client):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    server = canned(200, SSE_REPLY, {"Content-Type": "text/event-stream"})
+    reply = send(server.url, signer=SigV4Signer("eu-west-1"), **client)
+    assert measure(reply)["ok"], reply.error_detail
+    [(head, body)] = server.requests
+    headers = request_headers(head)
+    assert body == BODY and headers["content-type"] == "application/json"
+    assert "SignedHeaders=content-type;host;x-amz-date," in headers["authorization"]
+    signature = headers["authorization"].rsplit("Signature=", 1)[1]
+    assert signature == sigv4_signature("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "eu-west-1", head, body)
+
+
+def test_sigv4_without_credentials_says_how_to_give_them(monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ValueError) as refused:
+        SigV4Signer("eu-west-1")
+    assert all(name in str(refused.value) for name in ("--sigv4", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_400_and_an_error_body_that_is_not_utf8_are_http_errors(canned, client):
+    bad_request = canned(400, b'{"error":"max_tokens too large"}', {"Content-Type": "application/json"})
+    reply = send(bad_request.url, **client)
+    assert (reply.error_kind, reply.error_detail) == ("http_4xx", 'HTTP 400: {"error":"max_tokens too large"}')
+    not_utf8 = canned(502, b"bad \xff gateway", {"Content-Type": "text/plain"})
+    reply = send(not_utf8.url, **client)
+    assert (reply.error_kind, reply.error_detail) == ("http_5xx", "HTTP 502: bad \ufffd gateway")
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_stream_without_a_content_type_is_still_measured(canned, client):
+    reply = send(canned(200, SSE_REPLY).url, **client)
+    assert reply.content_type == ""
+    rec = measure(reply)
+    assert rec["ok"] and rec["output_tokens"] == 1, rec
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_compressed_reply_is_read_decompressed(canned, client):
+    server = canned(200, gzip.compress(SSE_REPLY), {"Content-Type": "text/event-stream", "Content-Encoding": "gzip"})
+    reply = send(server.url, **client)
+    assert reply.body == SSE_REPLY and measure(reply)["ok"]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_reply_longer_than_the_read_buffers_arrives_whole(canned, client):
+    # 9 MiB: more than aiohttp's flow control lets wait unread (2 x read_bufsize), which stalled the
+    # protocol-stamped read (it reads only after the end) until --timeout.
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 1000 + b'"}}]}\n\n'
+    body = event * (9 * 1024 * 1024 // len(event) + 1) + b"data: [DONE]\n\n"
+    reply = send(canned(200, body, {"Content-Type": "text/event-stream"}).url, **client)
+    # the last read is stamped too, though the server closed the connection with it
+    assert (reply.error_kind, len(reply.body), reply.marks[-1][1]) == (None, len(body), len(body))
+    assert reply.body == body
+
+
+@pytest.mark.parametrize("client", [{"stamping": "task"}, {"http2": True}])
+def test_task_stamps_count_the_bytes_so_far(mock_server, client):
+    reply = send(mock_server(ttft_ms=5, itl_ms=10).url, **client)
+    sizes = [n for _, n in reply.marks]
+    # one mark per read (8 chunks 10 ms apart: at least two reads); the count grows to the whole body
+    assert len(sizes) >= 2 and sizes == sorted(set(sizes)) and sizes[-1] == len(reply.body), sizes
+
+
+def test_a_long_prompt_written_with_writelines_is_sent_whole_and_stamped(mock_server, monkeypatch):
+    import aiohttp.http_writer
+
+    # aiohttp writes headers and a body over 2 KiB with transport.writelines on Python >= 3.12.9 (not on
+    # this 3.11, where it joins them): the send stamp must be taken there too.
+    monkeypatch.setattr(aiohttp.http_writer, "SKIP_WRITELINES", False)
+    prompt = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "word " * 4000}], "stream": True,
+                           "max_tokens": 8, "stream_options": {"include_usage": True}})
+    reply = send(mock_server(ttft_ms=20).url, body=prompt)
+    assert measure(reply)["ok"], reply.error_detail  # (the mock answers a body cut short with a 400)
+    assert reply.t_start_ns < reply.t_sent_ns < reply.marks[0][0]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_cookies_set_by_the_server_are_not_sent_back(canned, client):
+    # A load balancer's stickiness cookie (AWS ALB's AWSALB) sent back would pin every request to one target.
+    server = canned(200, SSE_REPLY, {"Content-Type": "text/event-stream", "Set-Cookie": "AWSALB=target-1; Path=/"})
+    # (by host name: aiohttp's cookie jar keeps none for an IP address)
+    first, second = send_twice(server.url.replace("127.0.0.1", "localhost"), client)
+    assert measure(first)["ok"] and measure(second)["ok"]
+    assert ["cookie" in request_headers(head) for head, _ in server.requests] == [False, False]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_proxy_settings_in_the_environment_are_ignored(canned, monkeypatch, client):
+    proxy = canned(502, b"proxied")
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, proxy.url.removesuffix("/v1"))
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    server = canned(200, SSE_REPLY, {"Content-Type": "text/event-stream"})
+    reply = send(server.url, **client)
+    assert measure(reply)["ok"], reply.error_detail
+    assert (len(server.requests), proxy.requests) == (1, [])
+
+
+class JumpingClockLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock can be moved forward: every timer due in between fires at once."""
+
+    jumped_s = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.jumped_s
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_only_the_timeout_given_bounds_a_slow_reply(canned, client):
+    # No library default cuts a reply short (aiohttp's total is 300 s, httpx's read timeout 5 s): an hour-long
+    # --timeout holds. The clock jumps 301 s while the server holds the reply.
+    hold = threading.Event()
+    server = canned(200, SSE_REPLY, {"Content-Type": "text/event-stream"}, hold=hold)
+
+    async def go():
+        backend = Backend(server.url + "/chat/completions", {"Content-Type": "application/json"}, 3600.0, **client)
+        await backend.start()
+        try:
+            pending = asyncio.ensure_future(backend.send(BODY))
+            for _ in range(500):
+                if server.requests:
+                    break
+                await asyncio.sleep(0.01)
+            asyncio.get_running_loop().jumped_s += 301
+            await asyncio.sleep(0.05)  # the timers due by now fire
+            hold.set()
+            return await pending
+        finally:
+            await backend.close()
+
+    with asyncio.Runner(loop_factory=JumpingClockLoop) as runner:
+        reply = runner.run(go())
+    assert (reply.error_kind, reply.error_detail) == (None, None)
+    assert measure(reply)["ok"]
+
+
+def test_each_read_is_stamped_on_its_own_reply_over_a_kept_alive_connection():
+    """Reply 1 in two reads on a kept-alive connection, then reply 2 whole in one read with `Connection:
+    close` (the read that ends it also closes it): each read is stamped once, on its own reply."""
+    first_part = SSE_REPLY[:SSE_REPLY.index(b"\n\n") + 2]
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn:
+            for close in (False, True):
+                data = b""
+                while not data.endswith(BODY):
+                    data += conn.recv(65536)
+                head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                        + (b"Connection: close\r\n" if close else b"")
+                        + b"Content-Length: %d\r\n\r\n" % len(SSE_REPLY))
+                if close:
+                    conn.sendall(head + SSE_REPLY)
+                else:
+                    conn.sendall(head + first_part)
+                    time.sleep(0.05)
+                    conn.sendall(SSE_REPLY[len(first_part):])
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        first, second = send_twice(f"http://127.0.0.1:{sock.getsockname()[1]}/v1", {})
+    finally:
+        sock.close()
+    assert measure(first)["ok"] and measure(second)["ok"]
+    assert [n for _, n in first.marks] == [len(first_part), len(SSE_REPLY)]
+    assert [n for _, n in second.marks] == [len(SSE_REPLY)]
+    assert first.marks[1][0] < second.t_start_ns

@@ -22,6 +22,7 @@ headers; `drop_all` closes every request, on new connections too.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 
 import orjson
@@ -44,6 +45,9 @@ class ClosingServer:
         self.answered = 0
         self.dropped = 0
         self.served_per_connection: list[int] = []
+        self.requests: list[tuple[bytes, bytes]] = []  # (head, body) of every request read
+        self.in_flight = self.most_in_flight = 0
+        self._all_in = asyncio.Event()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
@@ -65,7 +69,7 @@ class ClosingServer:
             return False
         length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                       if line.lower().startswith(b"content-length"))
-        await reader.readexactly(length)
+        self.requests.append((head, await reader.readexactly(length)))
         return True
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -74,6 +78,8 @@ class ClosingServer:
         try:
             while await self._read_request(reader):
                 last = served + 1 == self.every
+                if self.mode == "gather":
+                    await self._gather()
                 if self.mode == "drop_all" or (self.mode == "silent" and served == self.every):
                     self.dropped += 1
                     return  # closed with the request read and not a byte of reply
@@ -84,11 +90,11 @@ class ClosingServer:
                     self.dropped += 1
                     return  # the reply began: a real failure, not a reuse race
                 close = (self.mode in ("announce", "midstream") and last) or self.mode == "after_reply"
+                self.answered += 1  # counted before the client can have the reply (and the test read the count)
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                              + (b"Connection: close\r\n" if close and self.mode != "after_reply" else b"")
                              + b"Content-Length: %d\r\n\r\n" % len(REPLY) + REPLY)
                 await writer.drain()
-                self.answered += 1
                 served += 1
                 if close:
                     if self.mode == "after_reply":
@@ -99,6 +105,18 @@ class ClosingServer:
         finally:
             self.served_per_connection.append(served)
             writer.close()
+
+    async def _gather(self) -> None:
+        """`gather`: hold each reply until `every` requests are in flight at once (or 5 s have passed)."""
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if self.in_flight >= self.every:
+            self._all_in.set()
+        try:
+            await asyncio.wait_for(self._all_in.wait(), 5)
+        except TimeoutError:
+            pass
+        self.in_flight -= 1
 
     async def _shutdown(self) -> None:
         self._server.close()
@@ -127,11 +145,12 @@ def closing_server():
         server.close()
 
 
-def run_load(url: str, requests: int, concurrency: int, stamping: str = "protocol") -> list[dict]:
+def run_load(url: str, requests: int, concurrency: int, stamping: str = "protocol", **client) -> list[dict]:
     """`requests` sends over one Backend, at most `concurrency` at a time, each in a task (as the scheduler)."""
 
     async def go():
-        backend = Backend(url, {"Content-Type": "application/json"}, 5.0, stamping=stamping)
+        backend = Backend(url, {"Content-Type": "application/json", "x-api-key": "k"}, 5.0, stamping=stamping,
+                          **client)
         await backend.start()
         slots = asyncio.Semaphore(concurrency)
 
@@ -170,6 +189,11 @@ def test_a_request_on_a_connection_closed_under_it_is_sent_again_on_a_new_one(cl
     # Each dropped request was on a reused connection and was retried once, on a new connection.
     assert retried == server.dropped > 0
     assert server.answered == 48
+    # and the retry is the same request: its body and headers
+    assert len(server.requests) == 48 + retried
+    assert all(body == BODY for _, body in server.requests)
+    assert all(b"\r\ncontent-type: application/json\r\n" in head.lower() and b"\r\nx-api-key: k\r\n" in head.lower()
+               for head, _ in server.requests)
 
 
 @pytest.mark.parametrize("stamping", ["protocol", "task"])
@@ -213,3 +237,91 @@ def test_the_bench_reports_no_error_against_a_server_closing_every_request(closi
     assert code == 0, summary
     assert (level["requests"], level["succeeded"], level["errors"]) == (40, 40, {})
     assert level["retried"] == server.dropped == 32  # all but the first 8 sends got a reused connection
+
+
+# ------------------------------------------------------------------ the pool's limits and clocks (mutation testing)
+
+
+@pytest.mark.parametrize("client", [{}, {"stamping": "task"}, {"http2": True}])
+def test_the_client_caps_no_connections_the_load_sets_the_concurrency(closing_server, client):
+    # 101 at once: more than either library's default pool (100). The server answers once all are in.
+    server = closing_server("gather", every=101)
+    records = run_load(server.url, requests=101, concurrency=101, **client)
+    assert [r["error_detail"] for r in records if not r["ok"]] == []
+    assert (server.most_in_flight, server.connections) == (101, 101)
+
+
+class Clock:
+    """aiohttp's connector clock (`time.monotonic` in aiohttp.connector: keep-alive expiry, DNS cache), moved by hand."""
+
+    def __init__(self, monkeypatch):
+        import time
+
+        import aiohttp.connector
+
+        self.jumped_s = 0.0
+        monkeypatch.setattr(aiohttp.connector, "monotonic", lambda: time.monotonic() + self.jumped_s)
+
+
+def sends(url: str, clock: Clock, jumps_s: list[float], **kwargs) -> list[dict]:
+    """One send per entry, one after the other on one Backend, the clock moved by the entry before each."""
+
+    async def go():
+        backend = Backend(url, {"Content-Type": "application/json"}, 5.0, **kwargs)
+        await backend.start()
+        records = []
+        try:
+            for jump in jumps_s:
+                clock.jumped_s += jump
+                records.append(measure(await backend.send(BODY)))
+        finally:
+            await backend.close()
+        return records
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("stamping", ["protocol", "task"])
+def test_an_idle_connection_is_reused_for_4_s_then_dropped_before_the_server_does(closing_server, monkeypatch,
+                                                                                   stamping):
+    # uvicorn and cpp-httplib close an idle connection after 5 s; the client lets go of it after 4 s.
+    clock = Clock(monkeypatch)
+    server = closing_server("announce", every=100)  # keeps every connection open
+    records = sends(server.url, clock, [0, 3.9, 0], stamping=stamping)
+    assert all(r["ok"] for r in records) and server.connections == 1
+    records = sends(server.url, clock, [0, 4.1], stamping=stamping)
+    assert all(r["ok"] for r in records) and server.connections == 3  # the first two sends' connections
+
+
+class StubResolver:
+    """Resolves every host name to 127.0.0.1 and notes when (the clock's jump) each lookup was made (stands in
+    for aiohttp's DefaultResolver)."""
+
+    clock: Clock
+    lookups: list[tuple[str, float]] = []
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    async def resolve(self, host, port=0, family=socket.AF_INET):
+        StubResolver.lookups.append((host, StubResolver.clock.jumped_s))
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self):
+        pass
+
+
+def test_a_host_name_is_looked_up_once_then_again_after_5_minutes(closing_server, monkeypatch):
+    import aiohttp.connector
+
+    clock = Clock(monkeypatch)
+    monkeypatch.setattr(aiohttp.connector, "DefaultResolver", StubResolver)
+    monkeypatch.setattr(StubResolver, "lookups", [])
+    monkeypatch.setattr(StubResolver, "clock", clock, raising=False)
+    server = closing_server("announce", every=1)  # a new connection for every request
+    url = server.url.replace("127.0.0.1", "inference.test")
+    records = sends(url, clock, [0, 0, 299, 1.5])
+    assert all(r["ok"] for r in records) and server.connections == 4
+    # the first send's, then none until the answer is 5 minutes old
+    assert StubResolver.lookups == [("inference.test", 0), ("inference.test", 300.5)]
