@@ -3,19 +3,26 @@ the pipe, and runs that keep every record received when something fails in the p
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 from dataclasses import asdict
+from multiprocessing.connection import Connection
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bench import runner as runner_module
-from bench.config import BenchConfig, split_level
+from bench.config import BenchConfig, Level, split_level
 from bench.prompts import Distribution
 from bench.runner import run_benchmark
-from bench.workers import WorkerPool
+from bench.workers import WorkerError, WorkerPool, _Sender, worker_main
 
 
 def config(url: str, out: Path, **kw) -> BenchConfig:
@@ -355,3 +362,351 @@ def test_the_sender_writes_every_message_in_order_and_stops_quietly_when_the_par
     sender.send({"n": 2})
     sender.close(timeout_s=10)
     assert sender._broken and not sender._thread.is_alive()
+
+
+# ------------------------------------------------------------------ survivors of mutation testing
+# Each test below was written against a mutant that the tests above let through (docs/testing.md).
+
+class FakeProcess:
+    """Stands in for a worker process in the parent's bookkeeping: nothing is spawned. `on_start` is what the
+    process says before the parent closes its copies of the pipe ends (None: it dies without a word)."""
+
+    def __init__(self, on_start=None, alive: bool = False, exits_on_join: bool = False):
+        self.on_start, self.alive, self.exits_on_join = on_start, alive, exits_on_join
+        self.joins: list = []
+        self.terminated = False
+
+    def start(self):
+        if self.on_start is not None:
+            self.on_start()
+
+    def is_alive(self):
+        return self.alive
+
+    def join(self, timeout=None):
+        self.joins.append(timeout)
+        if self.exits_on_join:
+            self.alive = False
+
+    def terminate(self):
+        self.terminated, self.alive = True, False
+
+
+def says_ready(pool: WorkerPool, w: int):
+    writer = pool._child_ends[w][1]
+    return lambda: writer.send_bytes(b'{"t": "ready"}')
+
+
+def command_reader(pool: WorkerPool, w: int) -> Connection:
+    """A second handle on worker w's command pipe, still open after the pool closes its own."""
+    return Connection(os.dup(pool._child_ends[w][0].fileno()), writable=False)
+
+
+def in_threads(pool: WorkerPool) -> WorkerPool:
+    """Run each worker process's own target (worker_main, its pipe ends, its share of the config) in a thread of
+    this process instead, so the process pool's wiring is exercised where mutmut sees it."""
+    spawn = multiprocessing.get_context("spawn").Process
+    for handle in pool._handles:
+        # spawned (not forked from a parent running threads), daemonic (a parent that exits never waits for it),
+        # and told it is a process (it then ignores Ctrl-C, which the parent handles)
+        assert isinstance(handle, spawn) and handle.daemon
+        assert handle._target is worker_main and handle._args[3] is False
+    pool.in_thread = True
+    pool._handles = [threading.Thread(target=worker_main, args=(*h._args[:3], True), daemon=True)
+                     for h in pool._handles]
+    return pool
+
+
+def level_done(msgs) -> bool:
+    return any(m["t"] in ("level_done", "fatal", "died") for _, m in msgs)
+
+
+def test_three_process_workers_run_in_threads_get_their_share_and_their_dataset_stride(mock_server, tmp_path):
+    server = mock_server(ttft_ms=1, itl_ms=0)
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text("".join(json.dumps({"prompt": f"question {n}"}) + "\n" for n in range(5)))
+    cfg = config(server.url, tmp_path, concurrency=(3,), requests=7, workers=3, dataset=str(dataset))
+    pool = in_threads(WorkerPool(3, {**cfg.worker_config("t"), "flush_interval_s": 0.01}))
+    try:
+        pool.start(timeout_s=20)
+        pool.start_level(split_level(cfg, cfg.levels()[0], 3, 0))
+        messages = collect(pool, lambda msgs: sum(m["t"] == "level_done" for _, m in msgs) == 3)
+        assert not [m for _, m in messages if m["t"] in ("fatal", "died")]
+        records = {w: [r for v, m in messages if v == w and m["t"] == "records" for r in m["records"]]
+                   for w in range(3)}
+        assert {w: sorted(r["id"] for r in rs) for w, rs in records.items()} == {0: [0, 3, 6], 1: [1, 4], 2: [2, 5]}
+        assert all(r["worker"] == w and r["ok"] for w, rs in records.items() for r in rs)
+        assert {w: m["sent"] for w, m in messages if m["t"] == "level_done"} == {0: 3, 1: 2, 2: 2}
+        assert server.state.count == 7
+    finally:
+        pool.close()
+
+
+def test_a_worker_process_that_exits_before_it_is_ready_is_a_start_error_naming_it(tmp_path):
+    pool = WorkerPool(2, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    # worker 0 says ready, worker 1 dies without a word: its pipe reads EOF once the parent has closed
+    # its own copy of the write end
+    pool._handles = [FakeProcess(on_start=says_ready(pool, 0)), FakeProcess()]
+    try:
+        with pytest.raises(WorkerError, match="^worker 1 exited unexpectedly$"):
+            pool.start(timeout_s=2)
+    finally:
+        pool.close()
+
+
+def test_worker_processes_that_say_ready_start_and_close_tells_each_to_exit_then_terminates_the_stuck(tmp_path):
+    pool = WorkerPool(2, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    commands = [command_reader(pool, w) for w in range(2)]
+    exits, stuck = FakeProcess(alive=True, exits_on_join=True), FakeProcess(alive=True)
+    exits.on_start, stuck.on_start = says_ready(pool, 0), says_ready(pool, 1)
+    pool._handles = [exits, stuck]
+    pool.start(timeout_s=0.5)  # both are ready at once: well within half a second
+    pool.close(timeout_s=0)  # no time left to wait: each is joined for 0 s, the one still alive is terminated
+    assert [orjson.loads(c.recv_bytes()) for c in commands] == [{"cmd": "exit"}, {"cmd": "exit"}]
+    assert (exits.joins, exits.terminated) == ([0.0], False)
+    assert (stuck.joins, stuck.terminated) == ([0.0], True)
+    for c in commands:
+        c.close()
+
+
+def test_close_waits_for_a_worker_thread_within_its_timeout_and_never_terminates_it(tmp_path):
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    thread = FakeProcess(alive=True)  # a worker thread that does not exit in time: threads cannot be killed
+    pool._handles = [thread]
+    pool.close(timeout_s=0.5)
+    assert len(thread.joins) == 1 and 0 <= thread.joins[0] <= 0.5 and not thread.terminated
+
+
+def test_an_in_thread_worker_never_keeps_the_interpreter_from_exiting(tmp_path):
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    assert pool._handles[0].daemon
+    pool._handles = []
+    pool.close()
+
+
+def test_a_dead_worker_is_reported_once_after_the_records_it_sent(tmp_path):
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    pool._handles = []  # nothing runs: the test writes what a worker would, then "dies"
+    try:
+        writer = pool._child_ends[0][1]
+        writer.send_bytes(orjson.dumps({"t": "records", "records": [{"id": 7}]}))
+        writer.close()
+        messages = collect(pool, lambda msgs: any(m["t"] == "died" for _, m in msgs), timeout_s=5)
+        assert messages == [(0, {"t": "records", "records": [{"id": 7}]}),
+                            (0, {"t": "died", "error": "worker 0 exited unexpectedly"})]
+        assert pool.poll(0.05) == []  # its pipe is never reported again
+        pool.send(0, {"cmd": "stop"})  # no error writing to the dead worker
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("loop, uvloop_used", [("asyncio", False), ("uvloop", True), ("auto", True), (None, True)])
+def test_the_worker_runs_the_event_loop_asked_for(tmp_path, monkeypatch, loop, uvloop_used):
+    import uvloop
+
+    made = []
+    real = uvloop.new_event_loop
+    monkeypatch.setattr(uvloop, "new_event_loop", lambda: made.append(1) or real())
+    cfg = config("http://127.0.0.1:9", tmp_path, loop=loop or "auto").worker_config("t")
+    if loop is None:
+        del cfg["loop"]  # an embedding caller's config without it: "auto"
+    pool = WorkerPool(0, cfg)
+    try:
+        pool.start(timeout_s=20)
+    finally:
+        pool.close()
+    assert bool(made) is uvloop_used
+
+
+def counting_clock(start: float, step: float):
+    counter = itertools.count()
+    return lambda: start + step * next(counter)
+
+
+def test_an_in_thread_worker_reports_its_own_thread_cpu_time_for_a_level(tmp_path, monkeypatch):
+    # --workers 0 shares the process with the display: the worker's CPU is its thread's, not the process's
+    monkeypatch.setattr(time, "thread_time", counting_clock(100.0, 0.25))
+    monkeypatch.setattr(time, "process_time", counting_clock(100.0, 0.5))
+    cfg = config("http://127.0.0.1:9", tmp_path, workers=0, requests=0)
+    pool = WorkerPool(0, cfg.worker_config("t"))
+    try:
+        pool.start(timeout_s=20)
+        pool.start_level(split_level(cfg, cfg.levels()[0], 1, 0))  # nothing to send: no other clock reads
+        ((_, done),) = collect(pool, level_done)
+        assert (done["t"], done["cpu_s"], done["sent"]) == ("level_done", 0.25, 0)
+    finally:
+        pool.close()
+
+
+def test_a_worker_process_ignores_ctrl_c_and_reports_its_process_cpu_time(tmp_path, monkeypatch):
+    # worker_main as a spawned process runs it, here in the main thread (signal handlers can only be set there)
+    monkeypatch.setattr(time, "thread_time", counting_clock(100.0, 0.25))
+    monkeypatch.setattr(time, "process_time", counting_clock(100.0, 0.5))
+    cfg = config("http://127.0.0.1:9", tmp_path, workers=1, requests=0)
+    command_r, command_w = multiprocessing.Pipe(duplex=False)
+    result_r, result_w = multiprocessing.Pipe(duplex=False)
+    spec = split_level(cfg, cfg.levels()[0], 1, 0)[0]
+    command_w.send_bytes(orjson.dumps({"cmd": "level", "spec": asdict(spec)}))
+    command_w.send_bytes(orjson.dumps({"cmd": "exit"}))
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        worker_main(command_r, result_w, {**cfg.worker_config("t"), "worker": 0, "workers": 1}, False)
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    messages = []
+    while result_r.poll(0):
+        messages.append(orjson.loads(result_r.recv_bytes()))
+    assert messages == [{"t": "ready"}, {"t": "level_done", "level": 0, "cpu_s": 0.5, "sent": 0}]
+    for end in (command_r, command_w, result_r, result_w):
+        end.close()
+
+
+@pytest.mark.parametrize("how", ["exit", "parent gone"])
+def test_a_worker_told_to_exit_or_left_by_its_parent_ends_without_a_word(tmp_path, how):
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    try:
+        pool.start(timeout_s=20)
+        if how == "exit":
+            pool.broadcast({"cmd": "exit"})
+        else:
+            pool._commands[0].close()  # the worker's command pipe reads EOF
+        pool._handles[0].join(10)
+        assert not pool._handles[0].is_alive()
+        assert pool.poll(0.1) == []  # no fatal message: an exit is not an error
+    finally:
+        pool.close()
+
+
+def test_a_stop_between_levels_is_ignored_and_the_next_level_runs_in_full(mock_server, tmp_path, caplog):
+    server = mock_server(ttft_ms=1, itl_ms=0)
+    cfg = config(server.url, tmp_path, concurrency=(2,), requests=3, workers=0)
+    spec = split_level(cfg, cfg.levels()[0], 1, 0)[0]
+    pool = WorkerPool(0, cfg.worker_config("t"))
+    caplog.set_level(logging.ERROR)
+    try:
+        pool.start(timeout_s=20)
+        for _ in range(2):  # a stop before the first level, and one after a level has ended
+            pool.broadcast({"cmd": "stop"})
+            pool.start_level([spec])
+            messages = collect(pool, level_done)
+            assert messages[-1][1]["t"] == "level_done" and messages[-1][1]["sent"] == 3
+    finally:
+        pool.close()
+    assert server.state.count == 6
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no "Exception in callback"
+
+
+def test_a_long_flush_interval_batches_a_whole_level_into_one_message(mock_server, tmp_path):
+    # Replies 300 ms apart: with the configured interval (an hour) nothing is flushed before the level ends.
+    server = mock_server(ttft_ms=300, itl_ms=0)
+    cfg = config(server.url, tmp_path, concurrency=(1,), requests=2, workers=0)
+    pool = WorkerPool(0, {**cfg.worker_config("t"), "flush_interval_s": 3600})
+    try:
+        pool.start(timeout_s=20)
+        pool.start_level(split_level(cfg, cfg.levels()[0], 1, 0))
+        messages = collect(pool, level_done)
+        assert [(m["t"], len(m.get("records", []))) for _, m in messages] == [("records", 2), ("level_done", 0)]
+    finally:
+        pool.close()
+
+
+def test_an_in_thread_worker_runs_the_smallest_shares_and_skips_a_rate_share_without_slots(mock_server, tmp_path):
+    server = mock_server(ttft_ms=1, itl_ms=0)
+    cfg = config(server.url, tmp_path, concurrency=(1,), requests=1, workers=0)
+    base = split_level(cfg, cfg.levels()[0], 1, 0)[0]
+    assert (base.concurrency, base.requests, base.warmup) == (1, 1, 0)
+    # a timed rate level of 1 slot over 2 workers: worker 1's share has no slot, no rate and no request count
+    timed = config(server.url, tmp_path, concurrency=(1,), requests=None, duration_s=0.2, workers=0)
+    idle = split_level(timed, Level(5, 1, 4.0, 0), 2, 0)[1]
+    assert (idle.mode, idle.concurrency, idle.rate, idle.requests) == ("rate", 0, None, None)
+    shares = [
+        (base, 1, 1),  # one slot, one request
+        (type(base)(**{**asdict(base), "level": 1, "requests": 0, "warmup": 1}), 1, 1),  # a warmup only
+        (type(base)(**{**asdict(base), "level": 2, "requests": None, "duration_s": 0.2}), None, None),  # timed
+        (idle, 0, 0),
+    ]
+    pool = WorkerPool(0, cfg.worker_config("t"))
+    try:
+        pool.start(timeout_s=20)
+        for spec, sent, count in shares:
+            before = server.state.count
+            pool.start_level([spec])
+            messages = collect(pool, level_done)
+            (_, done) = messages[-1]
+            assert (done["t"], done["level"]) == ("level_done", spec.level), done
+            if sent is None:
+                assert done["sent"] >= 1 and server.state.count - before == done["sent"]
+            else:
+                assert (done["sent"], server.state.count - before) == (sent, count)
+    finally:
+        pool.close()
+
+
+def test_a_level_the_worker_cannot_run_is_a_fatal_message_naming_the_exception(tmp_path):
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path).worker_config("t"))
+    try:
+        pool.start(timeout_s=20)
+        pool.send(0, {"cmd": "level", "spec": {"level": 0, "bogus": 1}})
+        ((w, msg),) = collect(pool, level_done)
+        assert (w, msg["t"]) == (0, "fatal")
+        assert msg["error"].startswith("TypeError: ") and "bogus" in msg["error"]
+    finally:
+        pool.close()
+
+
+def test_the_worker_builds_its_client_from_the_config(tmp_path, monkeypatch):
+    from bench import backend as backend_module
+
+    built = []
+
+    class Recording(backend_module.Backend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(backend_module, "Backend", Recording)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")  # pragma: allowlist secret
+    for kw in ({"api_key": "k", "timeout_s": 7.5, "stamping": "task"}, {"http2": True, "sigv4": {"region": "eu-west-1"}}):
+        pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path, **kw).worker_config("t"))
+        try:
+            pool.start(timeout_s=20)
+        finally:
+            pool.close()
+    keyed, signed = built
+    assert (keyed.url, keyed.timeout_s, keyed.http2, keyed.stamping, keyed.signer) == (
+        "http://127.0.0.1:9/chat/completions", 7.5, False, "task", None)
+    assert keyed.headers["Authorization"] == "Bearer k"
+    assert signed.http2 is True and isinstance(signed.signer, backend_module.SigV4Signer)
+    assert signed.signer._auth._region_name == "eu-west-1"
+
+
+def test_sigv4_without_credentials_is_a_start_error_that_says_so(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path, sigv4={"region": "eu-west-1"}).worker_config("t"))
+    try:
+        with pytest.raises(WorkerError, match="--sigv4: no AWS credentials found"):
+            pool.start(timeout_s=20)
+    finally:
+        pool.close()
+
+
+def test_the_sender_gives_up_waiting_at_close_when_the_parent_stops_reading():
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    sender = _Sender(writer)
+    assert sender._thread.daemon  # a sender stuck on a full pipe never keeps the worker process alive
+    sender.send({"pad": "x" * 1_000_000})  # far more than the pipe holds: the write blocks, nobody reads
+    closing = threading.Thread(target=sender.close, kwargs={"timeout_s": 0.2}, daemon=True)
+    closing.start()
+    closing.join(10)
+    try:
+        assert not closing.is_alive()  # close() returned after its timeout, the write still pending
+    finally:
+        reader.close()  # the write fails, the sender ends
+        sender._thread.join(10)
+    assert not sender._thread.is_alive()
