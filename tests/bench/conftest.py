@@ -27,7 +27,9 @@ def time_limit(request):
     ever (a bug, or one of mutation testing's mutants) then costs seconds. SIGALRM fails the test in the main
     thread (again each second until the test body returns, should the failure be swallowed); 10 s later
     faulthandler dumps every thread and exits, for a hang that no exception reaches. Not a timing assertion:
-    the bounds are many times the tests' own duration."""
+    the bounds are many times the tests' own duration. Not pytest-timeout: its signal method fails once, and
+    asyncio's Handle._run catches that exception (any BaseException but SystemExit/KeyboardInterrupt) inside a
+    callback, logs it and goes on looping; its thread method ends the whole session."""
     marker = request.node.get_closest_marker("time_limit")
     seconds = marker.args[0] if marker else 10.0
 
