@@ -622,3 +622,28 @@ def test_each_read_is_stamped_on_its_own_reply_over_a_kept_alive_connection():
     assert [n for _, n in first.marks] == [len(first_part), len(SSE_REPLY)]
     assert [n for _, n in second.marks] == [len(SSE_REPLY)]
     assert first.marks[1][0] < second.t_start_ns
+
+
+def test_the_end_of_a_chunked_reply_read_on_its_own_adds_no_mark():
+    """A chunked reply with `Connection: close` whose terminator (no payload byte) comes in a read of its own:
+    that read ends the reply and closes the connection, and is no new byte count to stamp."""
+    sock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = sock.accept()
+        with conn:
+            data = b""
+            while not data.endswith(BODY):
+                data += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n" % (len(SSE_REPLY), SSE_REPLY))
+            time.sleep(0.05)
+            conn.sendall(b"0\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        reply = send(f"http://127.0.0.1:{sock.getsockname()[1]}/v1")
+    finally:
+        sock.close()
+    assert measure(reply)["ok"]
+    assert [n for _, n in reply.marks] == [len(SSE_REPLY)]
