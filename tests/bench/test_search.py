@@ -8,8 +8,19 @@ import json
 import pytest
 
 import bench
-from bench.config import BenchConfig
-from bench.search import Search, SearchPlan, SearchSlo, SearchSpec, judge, report_lines
+from bench.cli import build_parser, parse_fraction
+from bench.config import DEFAULT_RATE_CAP, BenchConfig, UsageError
+from bench.search import (
+    Search,
+    SearchPlan,
+    SearchSlo,
+    SearchSpec,
+    by_load,
+    describe_result,
+    from_args,
+    judge,
+    report_lines,
+)
 
 
 def drive(search: Search, met) -> list:
@@ -297,3 +308,274 @@ def test_a_concurrency_probe_shorter_than_its_concurrency_is_warned_about(tmp_pa
     assert plan.result()["warnings"] == [
         "the probe at concurrency 16 measured 12 requests, fewer than its concurrency: the server never held "
         "that many at once; give --requests of at least the concurrency, or --duration"]
+
+
+# ------------------------------------------------------- edges the mutation run found unchecked (bench.search)
+
+
+def test_a_met_probe_at_the_first_miss_is_not_believed():
+    # Noise the other way round: the same load first missed, then met. The answer stays below the miss.
+    s = Search("max_rate", start=10)
+    s.record(10, True)
+    s.record(20, False)
+    s.record(20, True)
+    assert (s.answer, s.missed_at) == (10, 20)
+
+
+def test_a_miss_at_the_answer_drops_it_to_the_highest_met_below():
+    same = Search("max_rate", start=10)
+    same.record(10, True)
+    same.record(10, False)  # the same load met, then missed: it is not an answer any more
+    assert (same.answer, same.missed_at) == (None, 10)
+    lower = Search("max_rate", start=5)
+    for load, met in ((5, True), (10, True), (20, False), (8, False)):
+        lower.record(load, met)
+    assert (lower.answer, lower.missed_at) == (5, 8)  # 10 is above the new miss; 5 met below it
+
+
+def test_rate_bisection_stops_where_four_significant_digits_cannot_split_the_loads():
+    # A precision finer than the 4-digit rounding: 1 and 1.001 have no load between them (1.0005 rounds
+    # to 1), nor 1.001 and 1.002 (1.0015 rounds to 1.002). The search stops there instead of re-probing.
+    for truth, answer, miss in ((1.0004, 1.0, 1.001), (1.0016, 1.001, 1.002)):
+        s = Search("max_rate", start=1, precision=0.0001, max_probes=30)
+        probes = drive(s, lambda r, truth=truth: r <= truth)
+        assert probes == [1, 2, 1.5, 1.25, 1.125, 1.062, 1.031, 1.015, 1.007, 1.003, 1.002, 1.001]
+        assert (s.answer, s.missed_at, s.stop_reason) == (answer, miss, "precision reached")
+        assert s.next() is None and s.stop_reason == "precision reached"
+
+
+def test_one_probe_and_start_at_the_upper_bound_are_valid_searches():
+    one = Search("max_rate", start=3, max_probes=1)
+    assert drive(one, lambda r: True) == [3] and one.answer == 3
+    assert one.stop_reason == "max probes (1) reached before the precision"
+    top = Search("max_rate", start=5, upper=5)
+    assert drive(top, lambda r: True) == [5] and top.stop_reason.startswith("the upper bound 5 met")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"kind": "max_rps", "start": 1}, "expected one of max_rate, max_concurrency"),
+        ({"kind": "max_rate", "start": 1, "lower": 0}, "search rate: need 0 < lower"),
+        ({"kind": "max_concurrency", "start": 5, "upper": 4}, "search concurrency: need 0 < lower"),
+        ({"kind": "max_concurrency", "start": 1.5}, "search start 1.5: a concurrency is a whole number"),
+        ({"kind": "max_concurrency", "start": 4, "lower": 2.5}, "search lower 2.5"),
+        ({"kind": "max_concurrency", "start": 4, "upper": 7.5}, "search upper 7.5"),
+        ({"kind": "max_rate", "start": 1, "growth": 1}, "search growth 1"),
+    ],
+)
+def test_bad_search_settings_name_the_setting_and_the_search(kwargs, needle):
+    with pytest.raises(ValueError, match=needle):
+        Search(**kwargs)
+
+
+def test_slo_limits_and_error_rate_bounds():
+    assert SearchSlo(tpot_ms=0.5).limits() == [("tpot", 0.5)]  # sub-millisecond TPOT limits are fine
+    assert SearchSlo(ttft_ms=1, max_error_rate=0).max_error_rate == 0  # zero tolerance is a valid SLO
+    for bad in ({"ttft_ms": 0}, {"ttft_ms": 1, "max_error_rate": 1}, {"ttft_ms": 1, "max_error_rate": 1.5}):
+        with pytest.raises(ValueError, match="ttft|max error rate"):
+            SearchSlo(**bad)
+    with pytest.raises(ValueError, match="expected one of p50, p90, p95, p99"):
+        SearchSlo(ttft_ms=100, percentile="p97")
+
+
+def test_errors_at_exactly_one_percent_still_meet_the_slo():
+    slo = SearchSlo(ttft_ms=200)  # the default limit, 1 %
+    assert judge(level(failed=1), slo).met
+    assert judge(level(failed=2), slo).why == "errors 2.0% > 1.0%"
+    assert judge(level(requests=3, failed=1), slo).figures["error_rate"] == 0.3333  # 4 digits
+
+
+def test_spec_defaults_and_explicit_bounds_reach_the_search():
+    slo = SearchSlo(ttft_ms=200)
+
+    def made(spec):
+        s = spec.new_search()
+        return (s.start, s.lower, s.upper, s.max_probes, s.precision)
+
+    assert made(SearchSpec("max_rate", slo)) == (1.0, 0.01, 10_000.0, 16, 0.05)
+    assert made(SearchSpec("max_concurrency", slo)) == (1, 1, 4096, 16, 0.05)
+    assert made(SearchSpec("max_rate", slo, start=0.005)) == (0.005, 0.005, 10_000.0, 16, 0.05)  # below the min
+    assert made(SearchSpec("max_rate", slo, start=20_000)) == (20_000, 0.01, 20_000, 16, 0.05)  # above the max
+    assert made(SearchSpec("max_rate", slo, precision=0.1, start=2, lower=0.5, upper=100, max_probes=5)) == (
+        2, 0.5, 100, 5, 0.1)
+
+
+def test_descriptions_on_the_console():
+    slo = SearchSlo(ttft_ms=200, e2e_ms=1500.5, percentile="p99", max_error_rate=0.05)
+    assert slo.describe() == "TTFT p99 <= 200 ms, E2E p99 <= 1500.5 ms, errors <= 5.0%"
+    assert SearchSpec("max_rate", slo).describe() == (
+        "search: the highest rate (req/s) meeting TTFT p99 <= 200 ms, E2E p99 <= 1500.5 ms, errors <= 5.0%, to 5%")
+    assert SearchSpec("max_concurrency", SearchSlo(tpot_ms=30), precision=0.1).describe() == (
+        "search: the highest concurrency meeting TPOT p95 <= 30 ms, errors <= 1.0%, to 10%")
+
+
+def _concurrency_plan(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    slo = SearchSlo(ttft_ms=200, e2e_ms=3000, percentile="p99", max_error_rate=0.05)
+    return SearchPlan(cfg, SearchSpec("max_concurrency", slo, start=2, upper=8))
+
+
+def test_concurrency_plan_report_at_p99_with_limits_met_exactly(tmp_path):
+    plan = _concurrency_plan(tmp_path)
+    # concurrency -> (TTFT p95, failed of 100); p99 is 3x p95 in these levels, E2E p99 is 3000 ms: at its limit
+    runs = {2: (20.0, 0), 4: (50.0, 5), 8: (300.0, 10), 6: (80.0, 0), 5: (65.0, 0)}
+    made = []
+    for lv in plan.levels():
+        made.append((lv.index, lv.concurrency, lv.rate))
+        ttft95, failed = runs[lv.concurrency]
+        plan.record({**level(ttft95=ttft95, tpot95=None, e2e95=1000.0, failed=failed), "rate": None,
+                     "concurrency": lv.concurrency, "goodput_rps": lv.concurrency * 0.9,
+                     "output_throughput_tok_s": lv.concurrency * 57.68, "valid": True, "why": []})
+    assert made == [(0, 2, None), (1, 4, None), (2, 8, None), (3, 6, None), (4, 5, None)]
+    result = plan.result()
+    assert (result["max_concurrency"], result["first_miss"], result["level"]) == (5, 6, 4)
+    assert (result["bounds"], result["max_probes"], result["stopped"]) == ([1, 8], 16, "precision reached")
+    assert [p["goodput_rps"] for p in result["probes"]] == [1.8, 3.6, 7.2, 5.4, 4.5]
+    assert result["warnings"] == []
+    assert report_lines({"search": result}) == [
+        "## Operating point", "",
+        "Highest concurrency meeting TTFT p99 <= 200 ms, E2E p99 <= 3000 ms, errors <= 5.0%: 5 concurrent requests; "
+        "6 missed (precision reached, 5 probes)",
+        "at that point: goodput 4.50 req/s, 288 output tok/s", "",
+        "Probes in the order run (precision 5%, bounds 1 to 8, at most 16 probes); times in ms at p99:", "",
+        "| concurrency | met | TTFT p99 | TPOT p99 | E2E p99 | errors | why |", "|---|---|---|---|---|---|---|",
+        "| 2 | yes | 60.0 | - | 3,000.0 | 0.0% | met |",
+        "| 4 | yes | 150.0 | - | 3,000.0 | 5.0% | met |",
+        "| 8 | no | 900.0 | - | 3,000.0 | 10.0% | errors 10.0% > 5.0%; TTFT p99 900.0 > 200 ms |",
+        "| 6 | no | 240.0 | - | 3,000.0 | 0.0% | TTFT p99 240.0 > 200 ms |",
+        "| 5 | yes | 195.0 | - | 3,000.0 | 0.0% | met |",
+        "",
+    ]
+
+
+def test_a_search_where_nothing_met_reports_why_it_stopped(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_rate", SearchSlo(ttft_ms=200, tpot_ms=30), start=1, lower=0.5))
+    levels = iter([level(ttft95=None, requests=0), level(failed=100)])
+    for lv in plan.levels():
+        plan.record({**next(levels), "rate": lv.rate, "concurrency": lv.concurrency})
+    result = plan.result()
+    assert (result["max_rate_rps"], result["level"], result["goodput_rps"]) == (None, None, None)
+    assert report_lines({"search": result})[:3] == [
+        "## Operating point", "",
+        "No rate probed met the SLO (TTFT p95 <= 200 ms, TPOT p95 <= 30 ms, errors <= 1.0%); even the lower bound 0.5 "
+        "missed the SLO"]
+    assert report_lines({"search": result})[-5:-1] == [
+        "| rate (req/s) | met | TTFT p95 | TPOT p95 | E2E p95 | errors | why |", "|---|---|---|---|---|---|---|",
+        "| 1 | no | - | 20.0 | 1,500.0 | - | no request measured |",
+        "| 0.5 | no | 100.0 | 20.0 | 1,500.0 | 100.0% | every request failed |"]
+    conc = SearchPlan(cfg, SearchSpec("max_concurrency", SearchSlo(ttft_ms=200), start=1))
+    for lv in conc.levels():
+        conc.record({**level(failed=100), "rate": None, "concurrency": lv.concurrency})
+    assert describe_result(conc.result()) == [
+        "No concurrency probed met the SLO (TTFT p95 <= 200 ms, errors <= 1.0%); even the lower bound 1 missed the SLO"]
+
+
+def test_a_search_that_met_at_its_upper_bound_names_no_miss(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_concurrency", SearchSlo(ttft_ms=200), start=8, upper=16))
+    for lv in plan.levels():
+        plan.record({**level(), "rate": None, "concurrency": lv.concurrency, "goodput_rps": 12.5,
+                     "output_throughput_tok_s": 800.0})
+    assert describe_result(plan.result()) == [
+        "Highest concurrency meeting TTFT p95 <= 200 ms, errors <= 1.0%: 16 concurrent requests (the upper bound 16 "
+        "met the SLO: capacity is at least that, 2 probes)",
+        "at that point: goodput 12.50 req/s, 800 output tok/s"]
+
+
+def test_the_operating_point_is_the_believed_answer_and_a_client_bound_first_miss_is_warned(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_rate", SearchSlo(ttft_ms=200), start=10))
+    for rate, ttft, valid in ((10.0, 100.0, True), (20.0, 900.0, False), (25.0, 150.0, True)):
+        plan.record({**level(ttft95=ttft), "rate": rate, "concurrency": 256, "goodput_rps": rate / 2,
+                     "output_throughput_tok_s": rate * 40, "cost_per_1k_tokens_usd": 0.01 / rate,
+                     "cost_per_1m_tokens_usd": 10 / rate,
+                     "valid": valid, "why": [] if valid else ["send delay p95 7 ms", "client CPU 97%"]})
+    result = plan.result()
+    assert describe_result(result)[:2] == [
+        "Highest rate meeting TTFT p95 <= 200 ms, errors <= 1.0%: 10 req/s; 20 missed (running, 3 probes)",
+        "at that point: goodput 5.00 req/s, 400 output tok/s, $0.00100 per 1k tokens ($1.00 per 1M)"]
+    # 25 met above the miss at 20: not believed, so the operating point is the level at 10
+    assert (result["max_rate_rps"], result["level"], result["goodput_rps"]) == (10.0, 0, 5.0)
+    assert result["warnings"] == ["the first miss (rate 20) was measured with the client as a bottleneck (send delay "
+                                  "p95 7 ms; client CPU 97%): raise --workers or use a quieter client machine"]
+    assert result["stopped"] == "running"  # asked before the search ended
+    assert plan.result("complete")["stopped"] == "running"
+    assert plan.result("interrupted")["stopped"] == "run stopped: interrupted"
+
+
+def test_a_concurrency_probe_with_as_many_requests_as_its_concurrency_is_not_warned_about(tmp_path):
+    cfg = BenchConfig(url="http://h/v1/chat/completions", base_url="http://h/v1", model="m", out_dir=tmp_path)
+    plan = SearchPlan(cfg, SearchSpec("max_concurrency", SearchSlo(ttft_ms=200), start=12, upper=12))
+    for lv in plan.levels():
+        plan.record({**level(requests=12), "rate": None, "concurrency": lv.concurrency})
+    assert plan.result()["max_concurrency"] == 12 and plan.result()["warnings"] == []
+
+
+def test_by_load_sorts_a_searchs_levels_for_the_charts():
+    plain = {"levels": [{"concurrency": 8, "rate": None}, {"concurrency": 2, "rate": None}]}
+    assert by_load(plain) is plain  # levels in the order run are already by load
+    rates = {"search": {"kind": "max_rate"}, "levels": [{"rate": 4.0}, {"rate": 16.0}, {"rate": 8.0}]}
+    assert [lv["rate"] for lv in by_load(rates)["levels"]] == [4.0, 8.0, 16.0]
+    conc = {"search": {"kind": "max_concurrency"},
+            "levels": [{"concurrency": 4, "rate": None}, {"concurrency": 8, "rate": None}, {"concurrency": 6, "rate": None}]}
+    assert [lv["concurrency"] for lv in by_load(conc)["levels"]] == [4, 6, 8]
+    assert by_load(conc)["search"] == {"kind": "max_concurrency"}
+
+
+def _flags(*argv):
+    args = build_parser().parse_args([URL, *argv])
+    return from_args(args, parse_fraction, DEFAULT_RATE_CAP)
+
+
+def test_flags_make_the_search_and_the_levels_concurrency():
+    assert _flags("--requests", "9") == (None, None)  # no search asked
+    spec, conc = _flags("--find-max-rate", "--slo-ttft-ms", "200", "--requests", "50")
+    assert conc == (256,)  # a rate search's in-flight cap
+    assert spec == SearchSpec("max_rate", SearchSlo(ttft_ms=200, percentile="p95", max_error_rate=0.01), 0.05,
+                              None, None, None, 16)
+    spec, conc = _flags("--find-max-rate", "--concurrency", "32", "--slo-tpot-ms", "30", "--slo-e2e-ms", "5000",
+                        "--slo-percentile", "p99", "--max-error-rate", "100%", "--search-precision", "10%",
+                        "--search-start", "4", "--search-min", "1", "--search-max", "64", "--search-max-probes", "8",
+                        "--duration", "30s")
+    assert conc == (32,)
+    # a 100 % error limit would meet a probe where every request failed but one: held just under 1
+    assert spec == SearchSpec("max_rate", SearchSlo(tpot_ms=30, e2e_ms=5000, percentile="p99", max_error_rate=0.9999),
+                              0.1, 4, 1, 64, 8)
+    spec, conc = _flags("--find-max-concurrency", "--slo-ttft-ms", "200", "--max-error-rate", "5%", "--requests", "9")
+    assert conc == (1,) and spec.kind == "max_concurrency" and spec.slo.max_error_rate == 0.05
+    with pytest.raises(UsageError, match="--concurrency 0: must be >= 1"):
+        _flags("--find-max-rate", "--concurrency", "0", "--slo-ttft-ms", "1", "--requests", "9")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--find-max-rate", "--find-max-concurrency"], "give --find-max-rate or --find-max-concurrency, not both"),
+        (["--find-max-rate", "--requests", "9", "--rate", "1,2"], "^--find-max-rate chooses the rates itself: drop --rate"),
+        (["--find-max-concurrency", "--requests", "9", "--concurrency", "4"],
+         "^--find-max-concurrency chooses the concurrency itself: drop --concurrency "
+         r"\(--search-start/--search-min/--search-max bound it\)"),
+        (["--find-max-concurrency", "--requests", "9", "--shard", "0/2"], "^--find-max-concurrency decides each probe"),
+        (["--find-max-rate", "--requests", "9", "--shard", "0/2"], "^--find-max-rate decides each probe"),
+        (["--find-max-rate", "--requests", "9", "--concurrency", "4,8"],
+         "^--concurrency '4,8': with --find-max-rate it is the in-flight cap, one number$"),
+        (["--find-max-rate", "--concurrency", "0"], "^--concurrency 0: must be >= 1"),
+        (["--find-max-concurrency"], "^--find-max-concurrency: give each probe's length, .*--search-max-probes"),
+        (["--find-max-rate", "--requests", "9", "--max-error-rate", "0"], "^--max-error-rate '0'"),
+        (["--find-max-rate", "--requests", "9", "--search-precision", "0"], "^--search-precision '0'"),
+        (["--find-max-rate", "--requests", "9", "--search-start", "50", "--search-max", "10"],
+         "lower <= start <= upper"),
+    ],
+)
+def test_bad_flags_are_refused_before_any_request(argv, message):
+    with pytest.raises(UsageError, match=message):
+        _flags(*argv, "--slo-ttft-ms", "100")
+
+
+def test_each_flag_alone_picks_its_search():
+    rate, _ = _flags("--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--concurrency", "1")
+    conc, _ = _flags("--find-max-concurrency", "--slo-ttft-ms", "1", "--requests", "9")
+    assert (rate.kind, conc.kind) == ("max_rate", "max_concurrency")
+    assert _flags("--find-max-rate", "--slo-ttft-ms", "1", "--requests", "9", "--concurrency", "1")[1] == (1,)

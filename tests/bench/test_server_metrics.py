@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -50,21 +51,35 @@ class VllmMetrics:
 
 
 class MetricsServer:
-    """A real HTTP server on 127.0.0.1 serving /metrics from a VllmMetrics (or a fixed status/body)."""
+    """A real HTTP server on 127.0.0.1 serving /metrics from a VllmMetrics (or a fixed status/body).
+
+    `redirect`: /metrics answers 307 to /metrics/ (a Starlette mount does that) and /metrics/ serves the text;
+    `hold`: an Event each answer waits for (at most 5 s), a server that hangs."""
 
     def __init__(self, metrics: VllmMetrics | None = None, status: int = 200, body: str | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, redirect: bool = False, hold: threading.Event | None = None):
         self.metrics, self.status, self.body, self.api_key = metrics, status, body, api_key
         self.requests: list[dict] = []
+        self.statuses: list[int] = []  # what each answer was
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server's name
-                outer.requests.append({"path": self.path, **dict(self.headers)})
+                outer.requests.append({"path": self.path, **dict(self.headers),
+                                       "accept_all": self.headers.get_all("Accept")})
+                if hold is not None:
+                    hold.wait(5)
+                if redirect and self.path == "/metrics":
+                    self.send_response(307)
+                    self.send_header("Location", "/metrics/")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 status = outer.status
                 if outer.api_key and self.headers.get("Authorization") != f"Bearer {outer.api_key}":
                     status = 401
                 body = (outer.body if outer.body is not None else outer.metrics.text()).encode()
+                outer.statuses.append(status)
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -81,6 +96,14 @@ class MetricsServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def wait_until(condition, what: str, limit_s: float = 10.0) -> None:
+    """Wait for the scraper thread to get somewhere; a scraper that never does fails the test, not hangs it."""
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        threading.Event().wait(0.01)
 
 
 @pytest.fixture
@@ -174,30 +197,47 @@ def test_scraper_reads_a_real_server_per_level_with_the_runs_auth(metrics_server
     m = VllmMetrics()
     server = metrics_server(metrics=m, api_key="sk-test")  # pragma: allowlist secret
     m.generation[0].inc(100)
-    scraper = Scraper(server.url, {"Authorization": "Bearer sk-test", "Content-Type": "application/json"},
-                      interval_s=0.05)
+    scraper = Scraper(server.url, {"Authorization": "Bearer sk-test", "Content-Type": "application/json",
+                                   "accept": "text/event-stream"}, interval_s=0.05)
     scraper.start()
     try:
+        began = time.monotonic()
         scraper.begin_level()
-        while scraper.scrapes < 1:  # the scrape at the start of the level
-            threading.Event().wait(0.01)
+        inside_from = time.monotonic()
+        wait_until(lambda: scraper.scrapes >= 1, "the scrape at the start of the level")
         m.running[0].set(4)
         m.waiting[0].set(2)
         m.generation[0].inc(300)
-        while scraper.scrapes < 3:  # at least one scrape sees the load
-            threading.Event().wait(0.01)
+        seen = scraper.scrapes
+        wait_until(lambda: scraper.scrapes >= seen + 2, "a scrape that sees the load")
         m.running[0].set(0)
         m.waiting[0].set(0)
+        inside_to = time.monotonic()
         level = scraper.end_level()
+        ended = time.monotonic()
+        # the next level: its first scrape is its start edge (9 running, left from before), then the load (3)
+        m.running[0].set(9)
+        scraper.begin_level()
+        m.running[0].set(3)
+        seen = scraper.scrapes
+        wait_until(lambda: scraper.scrapes >= seen + 2, "a scrape in the second level")
+        m.running[0].set(0)
+        second = scraper.end_level()
     finally:
         scraper.close()
     assert scraper.available and scraper.problem is None
+    assert not scraper._thread.is_alive()  # close() waits for the thread
     assert level["vllm:num_requests_running"]["max"] == 4 and level["vllm:num_requests_waiting"]["max"] == 2
     assert level["vllm:generation_tokens_total"]["increase"] == 300  # begin -> a scrape after the end
-    assert level["vllm:generation_tokens_total"]["rate_per_s"] > 0
+    # the rate is over the time between the level's first and last scrape, which lie inside these readings
+    elapsed = 300 / level["vllm:generation_tokens_total"]["rate_per_s"]
+    assert inside_to - inside_from <= elapsed * 1.001 and elapsed <= (ended - began) * 1.001
     assert level["vllm:num_requests_running"]["last"] == 4  # the last scrape while the level ran, not after it
-    assert all(r["path"] == "/metrics" and r["Accept"] == "text/plain" for r in server.requests)
+    assert second["vllm:num_requests_running"]["max"] == 3  # its edges (9 at the start, 0 after) are not "inside"
+    assert second["vllm:generation_tokens_total"]["increase"] == 0
+    assert all(r["path"] == "/metrics" and r["accept_all"] == ["text/plain"] for r in server.requests)
     assert "Content-Type" not in server.requests[0]
+    assert scraper.scrapes == len(server.requests) == server.statuses.count(200)  # one count per scrape
     assert scraper.public() == {"url": server.url, "interval_s": 0.05, "available": True, "problem": None,
                                 "scrapes": scraper.scrapes, "failed_scrapes": 0}
 
@@ -307,3 +347,303 @@ def test_report_rows_and_console_line_from_literal_levels():
     assert server_metrics.console_line(summary["levels"][1]) is None
     absent = {"server_metrics": {"available": False, "problem": "http://h/metrics: HTTP 404"}, "levels": []}
     assert server_metrics.report_lines(absent) == ["## Inside the server", "", "No server metrics: http://h/metrics: HTTP 404.", ""]
+
+
+# ------------------------------------------------------- edges the mutation run found unchecked (bench.server_metrics)
+
+
+def test_parse_what_other_servers_export():
+    text = "\n".join([
+        "# TYPE vllm:num_requests_running gauge",
+        'vllm:num_requests_running{engine="0"} 2',
+        'vllm:num_requests_running{engine="1"} NaN',  # a NaN sample is left out, not summed
+        "queue_depth 3",  # no TYPE line: prometheus_client calls it unknown; read as a gauge
+        "# TYPE sglang:token_usage gauge",  # SGLang's KV-cache fraction: averaged over its data-parallel ranks
+        'sglang:token_usage{dp="0"} 0.25',
+        'sglang:token_usage{dp="1"} 0.75',
+        "# TYPE prefix_hit_perc gauge",  # any *_perc is a fraction: averaged
+        'prefix_hit_perc{engine="0"} 0.5',
+        'prefix_hit_perc{engine="1"} 0.25',
+        "# TYPE tgi_request_duration summary",  # a summary's _sum and _count, as a histogram's
+        'tgi_request_duration{quantile="0.5"} 1.0',
+        "tgi_request_duration_sum 6.0",
+        "tgi_request_duration_count 4",
+        "# TYPE only_nan gauge",
+        "only_nan NaN",
+        "",
+    ])
+    assert parse(text) == {
+        "vllm:num_requests_running": ("gauge", 2.0), "queue_depth": ("gauge", 3.0),
+        "sglang:token_usage": ("gauge", 0.5), "prefix_hit_perc": ("gauge", 0.375),
+        "tgi_request_duration_sum": ("hist_sum", 6.0), "tgi_request_duration_count": ("hist_count", 4.0),
+    }
+
+
+def test_summary_rounds_figures_and_reports_zero_and_fractional_counts():
+    s = LevelSeries()
+    edge0 = {"vllm:kv_cache_usage_perc": ("gauge", 0.0), "vllm:generation_tokens_total": ("counter", 1000.0),
+             "vllm:prompt_tokens_total": ("counter", 50.0), "busy_seconds_total": ("counter", 10.0),
+             "vllm:request_queue_time_seconds_sum": ("hist_sum", 1.0),
+             "vllm:request_queue_time_seconds_count": ("hist_count", 2.0),
+             "vllm:e2e_request_latency_seconds_sum": ("hist_sum", 0.0),
+             "vllm:e2e_request_latency_seconds_count": ("hist_count", 0.0),
+             "vllm:time_to_first_token_seconds_sum": ("hist_sum", 3.0),
+             "vllm:time_to_first_token_seconds_count": ("hist_count", 4.0)}
+    s.add(0.0, edge0, edge=True)
+    for t, kv in ((1.0, 0.412345), (2.0, 0.1), (2.5, 0.123456)):
+        s.add(t, {**edge0, "vllm:kv_cache_usage_perc": ("gauge", kv)})
+    s.add(3.0, {**edge0, "vllm:kv_cache_usage_perc": ("gauge", 0.0),
+                "vllm:generation_tokens_total": ("counter", 2000.0),
+                "busy_seconds_total": ("counter", 10.123456),
+                "vllm:request_queue_time_seconds_sum": ("hist_sum", 2.0),
+                "vllm:request_queue_time_seconds_count": ("hist_count", 5.0),
+                "vllm:e2e_request_latency_seconds_sum": ("hist_sum", 2.5),
+                "vllm:e2e_request_latency_seconds_count": ("hist_count", 1.0)}, edge=True)
+    out = s.summary()
+    assert out["vllm:kv_cache_usage_perc"] == {"mean": 0.2119, "max": 0.4123, "last": 0.1235}  # 4 digits, fractions kept
+    assert out["vllm:generation_tokens_total"] == {"rate_per_s": 333.3333, "increase": 1000}
+    assert out["vllm:prompt_tokens_total"] == {"rate_per_s": 0.0, "increase": 0}  # no prompt: zero, not a reset
+    assert out["busy_seconds_total"] == {"rate_per_s": 0.0412, "increase": 0.1235}  # a counter that grew by < 1
+    assert out["vllm:request_queue_time_seconds"] == {"mean": 0.333333, "count": 3}  # 6 digits
+    assert out["vllm:e2e_request_latency_seconds"] == {"mean": 2.5, "count": 1}  # one request is a mean
+    assert out["vllm:time_to_first_token_seconds"] == {"mean": None, "count": 0}  # none observed in the level
+
+
+def test_summary_of_one_scrape_has_increases_but_no_rates():
+    s = LevelSeries()  # the scrape after the level failed: only the start is known
+    s.add(5.0, values(2, 1, 700, 10, 1.0, 3), edge=True)
+    out = s.summary()
+    assert out["vllm:generation_tokens_total"] == {"rate_per_s": None, "increase": 0}
+    assert out["vllm:request_queue_time_seconds"] == {"mean": None, "count": 0}
+
+
+def test_histograms_that_are_incomplete_or_reset_are_left_out_and_the_others_kept():
+    first = {"a_seconds_sum": ("hist_sum", 9.0), "a_seconds_count": ("hist_count", 9.0),  # resets: count falls
+             "b_seconds_count": ("hist_count", 1.0),  # no _sum at the start
+             "c_seconds_sum": ("hist_sum", 1.0), "c_seconds_count": ("hist_count", 1.0),  # no _sum at the end
+             "e_seconds_sum": ("hist_sum", 1.0), "e_seconds_count": ("hist_count", 1.0)}
+    last = {"a_seconds_sum": ("hist_sum", 1.0), "a_seconds_count": ("hist_count", 2.0),
+            "b_seconds_sum": ("hist_sum", 2.0), "b_seconds_count": ("hist_count", 2.0),
+            "c_seconds_count": ("hist_count", 2.0),
+            "d_seconds_sum": ("hist_sum", 2.0), "d_seconds_count": ("hist_count", 2.0),  # new in the level
+            "e_seconds_sum": ("hist_sum", 4.0), "e_seconds_count": ("hist_count", 3.0)}
+    s = LevelSeries()
+    s.add(0.0, first, edge=True)
+    s.add(1.0, last, edge=True)
+    assert s.summary() == {"e_seconds": {"mean": 1.5, "count": 2}}
+
+
+def test_scraper_settings_interval_and_timeout():
+    with pytest.raises(ValueError, match="--metrics-interval 0"):
+        Scraper("http://h/metrics", interval_s=0)
+    # a scrape may take twice the interval, at least 1 s and at most 5 s, unless told
+    assert [Scraper("http://h/metrics", interval_s=i).timeout_s for i in (0.05, 1.0, 2.0, 10.0)] == [1.0, 2.0, 4.0, 5.0]
+    assert Scraper("http://h/metrics", interval_s=1.0, timeout_s=0.3).timeout_s == 0.3
+
+
+def test_a_scraper_never_started_does_not_block_a_level():
+    scraper = Scraper("http://127.0.0.1:9/metrics", interval_s=0.05)
+    scraper.begin_level()
+    assert scraper.end_level() is None and scraper.scrapes == 0
+    scraper.close()
+
+
+def test_the_scraper_thread_is_a_daemon_so_an_unclosed_scraper_never_keeps_the_run_alive(metrics_server):
+    server = metrics_server(metrics=VllmMetrics())
+    scraper = Scraper(server.url, interval_s=0.05)
+    scraper.start()
+    try:
+        assert scraper._thread.daemon and scraper._thread.name == "bench-metrics-scraper"
+    finally:
+        scraper.close()
+    assert not scraper._thread.is_alive()
+
+
+def test_a_redirected_metrics_path_is_followed(metrics_server):
+    # A Starlette mount at /metrics answers 307 to /metrics/ (older vLLM servers do)
+    m = VllmMetrics()
+    server = metrics_server(metrics=m, redirect=True)
+    scraper = Scraper(server.url, interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        m.generation[0].inc(40)
+        level = scraper.end_level()
+    finally:
+        scraper.close()
+    assert scraper.problem is None and level["vllm:generation_tokens_total"]["increase"] == 40
+    assert [r["path"] for r in server.requests][:2] == ["/metrics", "/metrics/"]
+
+
+def test_a_server_that_hangs_is_a_timeout_problem(metrics_server):
+    hold = threading.Event()
+    server = metrics_server(metrics=VllmMetrics(), hold=hold)
+    scraper = Scraper(server.url, interval_s=0.05, timeout_s=0.2)
+    scraper.start()
+    try:
+        scraper.begin_level()  # waits at most timeout + 1 s for its scrape
+        assert scraper.end_level() is None
+        assert scraper.problem == f"{server.url}: ReadTimeout: timed out"
+    finally:
+        hold.set()
+        scraper.close()
+
+
+def test_failed_scrapes_after_the_first_success_are_counted_and_the_series_goes_on(metrics_server):
+    m = VllmMetrics()
+    server = metrics_server(metrics=m)
+    scraper = Scraper(server.url, interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        server.status = 503
+        wait_until(lambda: server.statuses.count(503) >= 2, "two failed scrapes")
+        server.status = 200
+        m.generation[0].inc(5)
+        level = scraper.end_level()
+    finally:
+        scraper.close()
+    assert scraper.available and level["vllm:generation_tokens_total"]["increase"] == 5
+    assert scraper.failed_scrapes == server.statuses.count(503) and scraper.scrapes == server.statuses.count(200)
+    assert scraper.public()["failed_scrapes"] == scraper.failed_scrapes
+
+
+@pytest.mark.parametrize(
+    ("body", "quoted"),
+    [
+        ('\n{"object": "list", "data": []}', "'{\"object\": \"list\", \"'"),  # JSON: the first 20 characters
+        ("[1, 2, 3]", "'[1, 2, 3]'"),
+        ("  <html><body>502 Bad Gateway</body></html>", "'<html><body>502 Bad '"),  # a proxy's error page
+    ],
+)
+def test_a_body_that_is_not_prometheus_text_is_quoted(metrics_server, body, quoted):
+    server = metrics_server(status=200, body=body)
+    scraper = Scraper(server.url, interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        scraper.end_level()
+    finally:
+        scraper.close()
+    assert scraper.problem == f"{server.url}: not Prometheus text (starts with {quoted})"
+
+
+@pytest.mark.parametrize(("server_kwargs", "flags"), [({"status": 404, "body": "Not Found"}, "HTTP 404"),
+                                                      ({"api_key": "other"}, "HTTP 401")])  # pragma: allowlist secret
+def test_refused_metrics_name_the_flags_that_fix_it(metrics_server, server_kwargs, flags):
+    server = metrics_server(metrics=VllmMetrics(), **server_kwargs)
+    scraper = Scraper(server.url, interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        scraper.end_level()
+    finally:
+        scraper.close()
+    assert flags in scraper.problem and "--metrics-url" in scraper.problem and "--no-server-metrics" in scraper.problem
+
+
+def _cfg(tmp_path, **kwargs):
+    from bench.config import BenchConfig
+
+    fields = {"url": "http://127.0.0.1:9/v1/chat/completions", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+              "out_dir": tmp_path, "server_metrics": True, **kwargs}
+    return BenchConfig(**fields)
+
+
+def test_start_scraper_uses_the_runs_url_key_and_interval(metrics_server, tmp_path):
+    server = metrics_server(metrics=VllmMetrics(), api_key="sk-run")  # pragma: allowlist secret
+    root = server.url.removesuffix("/metrics")
+    scraper = server_metrics.start_scraper(_cfg(tmp_path, base_url=root + "/v1", api_key="sk-run",
+                                                extra_headers={"X-Team": "bench"}, metrics_interval_s=0.05))
+    try:
+        scraper.begin_level()
+        level = scraper.end_level()
+    finally:
+        scraper.close()
+    assert (scraper.url, scraper.interval_s, scraper.problem) == (server.url, 0.05, None)
+    assert "vllm:num_requests_running" in level and server.requests[0]["X-Team"] == "bench"
+    assert server_metrics.start_scraper(_cfg(tmp_path, server_metrics=False)) is None
+
+
+def test_start_scraper_with_sigv4_sends_none_of_the_runs_headers(metrics_server, tmp_path):
+    server = metrics_server(metrics=VllmMetrics())
+    scraper = server_metrics.start_scraper(_cfg(tmp_path, metrics_url=server.url, sigv4={"region": "us-east-1"},
+                                                extra_headers={"X-Team": "bench"}, metrics_interval_s=0.05))
+    try:
+        scraper.begin_level()
+        scraper.end_level()
+    finally:
+        scraper.close()
+    assert scraper.problem is None and "X-Team" not in server.requests[0]
+
+
+def test_metrics_flags_make_the_settings():
+    from bench.cli import build_parser, parse_duration
+    from bench.config import UsageError
+
+    def settings(*argv):
+        return server_metrics.settings(build_parser().parse_args(["http://h/v1", *argv]), parse_duration)
+
+    assert settings() == {"server_metrics": True, "metrics_url": None, "metrics_interval_s": 1.0}
+    assert settings("--metrics-url", "http://h:8000/metrics", "--metrics-interval", "250ms") == {
+        "server_metrics": True, "metrics_url": "http://h:8000/metrics", "metrics_interval_s": 0.25}
+    assert settings("--no-server-metrics")["server_metrics"] is False
+    with pytest.raises(UsageError, match="--metrics-interval '0'"):
+        settings("--metrics-interval", "0")
+
+
+def test_report_and_console_for_a_server_with_few_metrics():
+    # A server with no KV-cache gauge, no preemption counter and a generation counter that reset
+    sparse = {"vllm:num_requests_running": {"mean": 1.0, "max": 2, "last": 1},
+              "vllm:generation_tokens_total": {"rate_per_s": None, "increase": None, "reset": True}}
+    summary = {"server_metrics": {"url": "http://h/metrics", "interval_s": 0.5, "available": True, "problem": None,
+                                  "scrapes": 4, "failed_scrapes": 0},
+               "levels": [{"concurrency": 1, "rate": None, "output_throughput_tok_s": 10.0},
+                          {"concurrency": 2, "rate": None, "output_throughput_tok_s": 20.0, "server_metrics": sparse}]}
+    assert server_metrics.report_lines(summary) == [
+        "## Inside the server", "",
+        "Scraped from `http://h/metrics` every 0.5 s (4 scrapes). Gauges: mean / max while the level ran; counters: "
+        "per second over the level (warmup included).", "",
+        "| level | running mean / max | waiting mean / max | KV cache mean / max | preemptions/s | prompt tok/s | "
+        "generation tok/s | client output tok/s |",
+        "|---|---|---|---|---|---|---|---|",
+        "| c=1 | - | - | - | - | - | - | 10.0 |",
+        "| c=2 | 1.0 / 2 | - | - | - | - | - | 20.0 |",
+        "",
+    ]
+    assert server_metrics.console_line(summary["levels"][1]) == "server: running 1.0 / 2 (mean / max)"
+    assert server_metrics.console_line({"server_metrics": {"other_gauge": {"mean": 1, "max": 1, "last": 1}}}) is None
+
+
+class _Display:
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, line):
+        self.notes.append(line)
+
+
+class _StubScraper:
+    def __init__(self, metrics, problem=None):
+        self.metrics, self.problem = metrics, problem
+
+    def end_level(self):
+        return self.metrics
+
+    def public(self):
+        return {"available": self.problem is None, "problem": self.problem}
+
+
+def test_attach_puts_the_metrics_in_the_level_and_tells_a_problem_once():
+    metrics = {"vllm:num_requests_running": {"mean": 2.0, "max": 3, "last": 2}}
+    level, summary, display = {}, {}, _Display()
+    server_metrics.attach(level, _StubScraper(metrics), summary, display)
+    assert level == {"server_metrics": metrics} and summary["server_metrics"] == {"available": True, "problem": None}
+    assert display.notes == ["server: running 2.0 / 3 (mean / max)"]
+    absent = _StubScraper(None, problem="http://h/metrics: HTTP 404")
+    first, second, summary, display = {}, {}, {}, _Display()
+    server_metrics.attach(first, absent, summary, display)
+    server_metrics.attach(second, absent, summary, display)
+    assert first == second == {} and summary["server_metrics"]["problem"] == "http://h/metrics: HTTP 404"
+    assert display.notes == ["no server metrics: http://h/metrics: HTTP 404"]  # once, not per level
+    server_metrics.attach({}, _StubScraper(metrics), {}, None)  # no display: nothing to tell
