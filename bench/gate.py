@@ -191,9 +191,8 @@ def decide(rule: Rule, level: tuple, base: LevelRecords, run: LevelRecords, rng,
     # whose every request failed, or errors rising from none, pass the gate (a zero baseline raised ZeroDivisionError).
     for side, value in (("baseline", b), ("run", r)):
         if np.isnan(value):
-            field = LATENCY.get(rule.metric.rsplit("_", 1)[0], rule.metric)
-            raise GateError(f"{rule.text()} at {level_name(level)}: the {side} has no successful request with a "
-                            f"{field} to measure it on; did every request fail?")
+            raise GateError(f"{rule.text()} at {level_name(level)}: the {side} has no successful request to measure "
+                            f"{rule.metric} on; did every request fail?")
     if rule.relative and b == 0:
         raise GateError(f"{rule.text()} at {level_name(level)}: the baseline's {rule.metric} is 0, so a change "
                         f"relative to it has no size; give the threshold in the metric's unit, e.g. "
