@@ -60,6 +60,9 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
     # test_breakeven.py runs `plan --from`, --api-price and --sagemaker-vpc through planner.main
     "planner": (["planning/planner.py"], ["tests/planning/test_planner.py", "tests/planning/test_breakeven.py"]),
     "breakeven": (["planning/breakeven.py"], ["tests/planning/test_breakeven.py"]),
+    # the gate's decisions on literal runs; the test with two real bench runs against the mock takes 2 s a mutant
+    "gate": (["bench/gate.py"], ["tests/bench/test_gate.py", "-k", "not real_runs_against_the_mock"]),
+    "trust": (["bench/trust.py"], ["tests/bench/test_error_inclusive.py"]),
 }
 
 ALSO_COPY = ["bench", "planning", "components", "stacks", "local", "policy", "lambda", "gateway", "docs", "__main__.py", "Pulumi.yaml",
