@@ -762,3 +762,42 @@ def test_the_text_plan_ends_with_the_break_even_of_each_instance(capsys):
     tail = out.split("Self-host or buy tokens (one always-on instance, its best estimated throughput):\n")[1]
     assert tail.startswith("ml.g5.2xlarge: $1.515/h, ")
     assert "\n  self-hosted at 50% utilization: " in tail and "\n  break-even: " in tail
+
+
+def test_check_fits_names_no_context_for_a_model_refusal_and_no_4_bit_checkpoint_for_a_context_one():
+    with pytest.raises(planner.ModelDoesNotFit) as err:  # 28 heads over 8 GPUs: no max_model_len helps
+        planner.check_fits("Qwen/Qwen2.5-7B-Instruct", "ml.g5.48xlarge", 8192, 64, 0.9)
+    assert (err.value.field, err.value.largest_context) == ("model", 0)
+    assert "lower max_model_len" not in str(err.value)
+    # 8b fp16 at 65,536 tokens: 16.1 GB of weights leave 4.4 GB = 33,728 tokens; the fixes named are the
+    # context and the bigger type (a context refusal offers no 4-bit checkpoint)
+    with pytest.raises(planner.ModelDoesNotFit) as err:
+        planner.check_fits("meta-llama/Llama-3.1-8B-Instruct", "ml.g5.2xlarge", 65536, 64, 0.9)
+    assert (err.value.field, err.value.largest_context, err.value.four_bit) == ("max_model_len", 33_728, None)
+
+
+def test_plan_from_a_run_takes_one_instance(capsys):
+    assert planner.main(["--from", "RUN", "--instance", "ml.g5.2xlarge,g2-standard-8"]) == 2
+    assert capsys.readouterr().err == ("python -m bench plan: error: --from takes one --instance (the type the run "
+                                       "measured), got ml.g5.2xlarge, g2-standard-8\n")
+    assert planner.main(["--from", "RUN", "--instance", "ml.g5.2xlarge", "--instance", "g2-standard-8"]) == 2
+    assert "got ml.g5.2xlarge, g2-standard-8" in capsys.readouterr().err
+
+
+def test_json_figures_keep_4_decimals_from_1_and_6_significant_digits_below():
+    assert (planner._r(1.23456789), planner._r(2824.17958), planner._r(0.000580326615)) == (1.2346, 2824.1796, 0.000580327)
+    assert planner._r(math.nan) is None
+
+
+def test_the_header_s_figures_for_a_wide_model_and_a_price_of_4_decimals():
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    # llama-3.1-405b: embeddings 2 x 128256 x 16384 = 4,202,692,608 + norms 253 x 16384 = 4,145,152 -> 4.21B
+    plan = planner.build_plan(catalog.require_model("llama-3.1-405b"), [], planner.Engine(), [planner.Workload()])
+    planner.render(plan, console)
+    assert "+ 4.21B embeddings/norms x 2 B) = 811.7 GB of weights" in console.export_text()
+    plan = planner.build_plan(catalog.require_model(AWQ_8B), [catalog.instance("g2-standard-24")], planner.Engine(),
+                              [planner.Workload()])
+    planner.render(plan, console)
+    assert "  g2-standard-24: $2.001/h, 300 GB/s, 121 TFLOPS fp16" in console.export_text()  # $2.0008 to 3 decimals
