@@ -788,9 +788,12 @@ def _plan_from_results(args: argparse.Namespace, api: Any) -> int:
     for pair in args.price:
         overrides.update(catalog.parse_price_pairs(pair))
     regions = _regions(args.region)
+    # `--region aws=eu-west-1` names the instance's cloud (a type the catalog lacks has none: only `*` applies)
+    known = catalog.INSTANCES.get(names[0]) if names else None
+    region = (regions.get(known.cloud) if known else None) or regions.get("*")
     name, result = breakeven.from_results(
         args.from_results, instance=names[0] if names else None, price_overrides=overrides, api=api,
-        utilization=args.utilization, region=regions.get("*"), prices_file=args.prices_file,
+        utilization=args.utilization, region=region, prices_file=args.prices_file,
     )
     if args.json:
         print(json.dumps({"break_even": {name: result.to_dict()}}, indent=2, default=_json_default))

@@ -320,6 +320,18 @@ def test_from_a_run_with_instance_takes_the_region_price_of_the_prices_file(run_
     assert out["price_per_hour"] == 2.25 and out["break_even_utilization"] == pytest.approx(0.5)  # 2.25 / 4.5
 
 
+@pytest.mark.parametrize("region", ["aws=eu-west-1", "eu-west-1"])
+def test_from_a_run_with_instance_takes_a_cloud_qualified_region_too(region, run_dir, tmp_path, capsys, monkeypatch):
+    # `--region aws=eu-west-1` was ignored here (only `*` was passed on): the price came from us-east-1
+    monkeypatch.delenv("LLMINFER_PRICES", raising=False)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"ml.g5.2xlarge": {"us-east-1": 1.0, "eu-west-1": 2.25}}))
+    (run_dir / "summary.json").write_text(json.dumps(summary(price=None)))
+    assert planner.main(["--from", str(run_dir), "--instance", "ml.g5.2xlarge", "--region", "gcp=europe-west4",
+                         "--region", region, "--prices-file", str(prices), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["break_even"]["ml.g5.2xlarge"]["price_per_hour"] == 2.25
+
+
 def _estimate(instance, output_tokens_per_s, problem=None, concurrency=8):
     from types import SimpleNamespace
 
