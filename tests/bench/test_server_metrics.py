@@ -259,6 +259,9 @@ def test_absent_or_refused_metrics_are_one_problem_and_no_more_asking(metrics_se
         for _ in range(3):
             scraper.begin_level()
             assert scraper.end_level() is None
+        wait_until(lambda: not scraper._thread.is_alive(), "the thread to give up")
+        scraper.begin_level()  # a level long after it gave up (real levels take seconds)
+        assert scraper.end_level() is None
     finally:
         scraper.close()
     assert not scraper.available and needle in scraper.problem and scraper.problem.startswith(server.url)
@@ -454,6 +457,9 @@ def test_the_scraper_thread_is_a_daemon_so_an_unclosed_scraper_never_keeps_the_r
     scraper.start()
     try:
         assert scraper._thread.daemon and scraper._thread.name == "bench-metrics-scraper"
+        threading.Event().wait(0.2)  # the runner starts it well before the first level (the warmup runs first)
+        scraper.begin_level()
+        assert "vllm:num_requests_running" in scraper.end_level()
     finally:
         scraper.close()
     assert not scraper._thread.is_alive()
@@ -643,6 +649,7 @@ def test_attach_puts_the_metrics_in_the_level_and_tells_a_problem_once():
     absent = _StubScraper(None, problem="http://h/metrics: HTTP 404")
     first, second, summary, display = {}, {}, {}, _Display()
     server_metrics.attach(first, absent, summary, display)
+    assert display.notes == ["no server metrics: http://h/metrics: HTTP 404"]  # told after the first level
     server_metrics.attach(second, absent, summary, display)
     assert first == second == {} and summary["server_metrics"]["problem"] == "http://h/metrics: HTTP 404"
     assert display.notes == ["no server metrics: http://h/metrics: HTTP 404"]  # once, not per level
