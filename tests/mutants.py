@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "stats": (["bench/stats.py"], ["tests/bench/test_stats.py"]),
     "sse": (["bench/sse.py"], ["tests/bench/test_sse.py"]),
-    # the decision logic and its literal tests only: the searches against the mock take 10-30 s per mutant
+    # the decision logic and its literal tests only: the searches against the mock take 10-30 s per mutant, and
+    # the flag tests through bench.run start a real run under a mutant that drops a check (reported "survived")
     "search": (["bench/search.py"], ["tests/bench/test_search.py", "-k",
                                     "not (servers_slots or capacity or error_limit or search_flags)"]),
     "server-metrics": (["bench/server_metrics.py"], ["tests/bench/test_server_metrics.py", "-k", "not a_run_"]),
