@@ -443,7 +443,7 @@ def sigv4_signature(secret: str, region: str, head: bytes, body: bytes) -> str:
 @pytest.mark.parametrize("client", [{}, {"http2": True}])
 def test_a_sigv4_signed_request_verifies_at_the_server_with_its_body_and_headers(canned, monkeypatch, client):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")  # pragma: allowlist secret (AWS SigV4 docs example key)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")

@@ -559,7 +559,7 @@ def _cfg(tmp_path, **kwargs):
 def test_start_scraper_uses_the_runs_url_key_and_interval(metrics_server, tmp_path):
     server = metrics_server(metrics=VllmMetrics(), api_key="sk-run")  # pragma: allowlist secret
     root = server.url.removesuffix("/metrics")
-    scraper = server_metrics.start_scraper(_cfg(tmp_path, base_url=root + "/v1", api_key="sk-run",
+    scraper = server_metrics.start_scraper(_cfg(tmp_path, base_url=root + "/v1", api_key="sk-run",  # pragma: allowlist secret (test key)
                                                 extra_headers={"X-Team": "bench"}, metrics_interval_s=0.05))
     try:
         scraper.begin_level()
