@@ -104,24 +104,29 @@ class LevelSeries:
                          "last": round(series[-1], 4)}
         (t0, _e0, first), (t1, _e1, last) = self.scrapes[0], self.scrapes[-1]
         elapsed = t1 - t0
+        # A series absent from the first scrape was created after it, at 0 (servers that make a labelled series
+        # on its first use, TGI's metrics-rs for one): it counts from 0 instead of being left out of the level.
         for name, (kind, value) in sorted(last.items()):
-            if kind != "counter" or name not in first:
+            if kind != "counter":
                 continue
-            increase = value - first[name][1]
+            increase = value - first.get(name, (kind, 0.0))[1]
             if increase < 0:  # the server restarted during the level: its counters began again
                 out[name] = {"rate_per_s": None, "increase": None, "reset": True}
             else:
                 out[name] = {"rate_per_s": round(increase / elapsed, 4) if elapsed > 0 else None,
                              "increase": round(increase, 4)}
         for name, (kind, value) in sorted(last.items()):
-            if kind != "hist_count" or name not in first:
+            if kind != "hist_count":
                 continue
             base = name[: -len("_count")]
-            count = value - first[name][1]
             total = last.get(base + "_sum", (None, None))[1]
-            total0 = first.get(base + "_sum", (None, None))[1]
-            if total is None or total0 is None or count < 0:
+            if name not in first and base + "_sum" not in first:  # created in the level: both from 0
+                count0, total0 = 0.0, 0.0
+            else:
+                count0, total0 = first.get(name, (None, None))[1], first.get(base + "_sum", (None, None))[1]
+            if total is None or count0 is None or total0 is None or value < count0:
                 continue
+            count = value - count0
             out[base] = {"mean": round((total - total0) / count, 6) if count > 0 else None, "count": round(count)}
         return out
 

@@ -433,7 +433,17 @@ def test_histograms_that_are_incomplete_or_reset_are_left_out_and_the_others_kep
     s = LevelSeries()
     s.add(0.0, first, edge=True)
     s.add(1.0, last, edge=True)
-    assert s.summary() == {"e_seconds": {"mean": 1.5, "count": 2}}
+    # d was created in the level (a server that makes a series on its first use): counted from 0
+    assert s.summary() == {"d_seconds": {"mean": 1.0, "count": 2}, "e_seconds": {"mean": 1.5, "count": 2}}
+
+
+def test_a_counter_created_during_the_level_counts_from_zero():
+    s = LevelSeries()  # TGI's metrics-rs, for one, makes a series on its first use: absent at the level's start
+    s.add(0.0, {"tgi_request_count": ("counter", 7.0)}, edge=True)
+    s.add(2.0, {"tgi_request_count": ("counter", 11.0), "tgi_request_success": ("counter", 3.0)}, edge=True)
+    out = s.summary()
+    assert out["tgi_request_count"] == {"rate_per_s": 2.0, "increase": 4}
+    assert out["tgi_request_success"] == {"rate_per_s": 1.5, "increase": 3}
 
 
 def test_scraper_settings_interval_and_timeout():
