@@ -424,12 +424,14 @@ def test_histograms_that_are_incomplete_or_reset_are_left_out_and_the_others_kep
     first = {"a_seconds_sum": ("hist_sum", 9.0), "a_seconds_count": ("hist_count", 9.0),  # resets: count falls
              "b_seconds_count": ("hist_count", 1.0),  # no _sum at the start
              "c_seconds_sum": ("hist_sum", 1.0), "c_seconds_count": ("hist_count", 1.0),  # no _sum at the end
-             "e_seconds_sum": ("hist_sum", 1.0), "e_seconds_count": ("hist_count", 1.0)}
+             "e_seconds_sum": ("hist_sum", 1.0), "e_seconds_count": ("hist_count", 1.0),
+             "f_seconds_sum": ("hist_sum", 1.0)}  # no _count at the start
     last = {"a_seconds_sum": ("hist_sum", 1.0), "a_seconds_count": ("hist_count", 2.0),
             "b_seconds_sum": ("hist_sum", 2.0), "b_seconds_count": ("hist_count", 2.0),
             "c_seconds_count": ("hist_count", 2.0),
             "d_seconds_sum": ("hist_sum", 2.0), "d_seconds_count": ("hist_count", 2.0),  # new in the level
-            "e_seconds_sum": ("hist_sum", 4.0), "e_seconds_count": ("hist_count", 3.0)}
+            "e_seconds_sum": ("hist_sum", 4.0), "e_seconds_count": ("hist_count", 3.0),
+            "f_seconds_sum": ("hist_sum", 3.0), "f_seconds_count": ("hist_count", 2.0)}
     s = LevelSeries()
     s.add(0.0, first, edge=True)
     s.add(1.0, last, edge=True)
