@@ -136,18 +136,31 @@ def test_sigv4_signs_for_lambda(monkeypatch):
     assert "X-Amz-Date" in headers
 
 
-class OneRequestPerConnection:
-    """A raw HTTP/1.1 server that answers the first request of each connection (keep-alive) and closes the
-    connection when a second one arrives on it: the race a client hits when it reuses a pooled
-    connection at the instant the server's idle timeout closes it (uvicorn, cpp-httplib: 5 s)."""
+def read_request(conn) -> tuple[bytes, bytes] | None:
+    """One HTTP/1.1 request off a raw connection: (head, body), the body as long as its Content-Length says (or
+    until the client closes); None when the client closed before a whole head."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(request_headers(head).get("content-length", "0"))
+    while len(body) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            break
+        body += piece
+    return head, body
 
-    REPLY = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
-             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+
+class RawServer:
+    """A raw HTTP/1.1 server on 127.0.0.1: each connection is handed to `_connection` on a thread of its own."""
 
     def __init__(self):
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        self.answered = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -159,19 +172,29 @@ class OneRequestPerConnection:
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn):
+        raise NotImplementedError
+
+    def close(self):
+        self.sock.close()
+
+
+class OneRequestPerConnection(RawServer):
+    """A raw HTTP/1.1 server that answers the first request of each connection (keep-alive) and closes the
+    connection when a second one arrives on it: the race a client hits when it reuses a pooled
+    connection at the instant the server's idle timeout closes it (uvicorn, cpp-httplib: 5 s)."""
+
+    REPLY = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+             b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\ndata: [DONE]\n\n')
+
+    def __init__(self):
+        self.answered = 0
+        super().__init__()
+
+    def _connection(self, conn):
         with conn:
             for number in (1, 2):
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    piece = conn.recv(65536)
-                    if not piece:
-                        return
-                    data += piece
-                head, _, body = data.partition(b"\r\n\r\n")
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
-                while len(body) < length:
-                    body += conn.recv(65536)
+                if read_request(conn) is None:
+                    return
                 if number == 2:
                     return  # closed under the client's reused connection
                 self.answered += 1
@@ -181,9 +204,6 @@ class OneRequestPerConnection:
                              b"Content-Length: %d\r\n\r\n" % len(self.REPLY) + self.REPLY[:cut])
                 time.sleep(0.05)
                 conn.sendall(self.REPLY[cut:])
-
-    def close(self):
-        self.sock.close()
 
 
 def test_a_pooled_connection_closed_under_the_client_is_sent_again_once():
@@ -229,7 +249,7 @@ def test_the_mock_times_its_ttft_from_the_socket_read(mock_server):
 # ------------------------------------------------------------------ literal tables (mutation testing)
 
 
-class CannedServer:
+class CannedServer(RawServer):
     """A raw HTTP/1.1 server that answers every request with the same bytes and closes the connection. It keeps
     each request it read (`requests`: head, body) and, given `hold`, answers only once that is set."""
 
@@ -240,40 +260,17 @@ class CannedServer:
         self.response = head.encode() + b"\r\n" + body
         self.hold = hold
         self.requests: list[tuple[bytes, bytes]] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
+    def _connection(self, conn):
         with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                piece = conn.recv(65536)
-                if not piece:
-                    return
-                data += piece
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = int(request_headers(head).get("content-length", "0"))
-            while len(body) < length:
-                piece = conn.recv(65536)
-                if not piece:
-                    break
-                body += piece
-            self.requests.append((head, body))
+            request = read_request(conn)
+            if request is None:
+                return
+            self.requests.append(request)
             if self.hold is not None:
                 self.hold.wait(10)
             conn.sendall(self.response)
-
-    def close(self):
-        self.sock.close()
 
 
 def request_headers(head: bytes) -> dict[str, str]:
