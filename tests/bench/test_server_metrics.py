@@ -526,6 +526,18 @@ def test_failed_scrapes_after_the_first_success_are_counted_and_the_series_goes_
     assert scraper.public()["failed_scrapes"] == scraper.failed_scrapes
 
 
+def problem_after_one_level(url: str) -> str | None:
+    """The problem a scraper of `url` reports after one level with nothing in it."""
+    scraper = Scraper(url, interval_s=0.05)
+    scraper.start()
+    try:
+        scraper.begin_level()
+        scraper.end_level()
+    finally:
+        scraper.close()
+    return scraper.problem
+
+
 @pytest.mark.parametrize(
     ("body", "quoted"),
     [
@@ -536,28 +548,15 @@ def test_failed_scrapes_after_the_first_success_are_counted_and_the_series_goes_
 )
 def test_a_body_that_is_not_prometheus_text_is_quoted(metrics_server, body, quoted):
     server = metrics_server(status=200, body=body)
-    scraper = Scraper(server.url, interval_s=0.05)
-    scraper.start()
-    try:
-        scraper.begin_level()
-        scraper.end_level()
-    finally:
-        scraper.close()
-    assert scraper.problem == f"{server.url}: not Prometheus text (starts with {quoted})"
+    assert problem_after_one_level(server.url) == f"{server.url}: not Prometheus text (starts with {quoted})"
 
 
 @pytest.mark.parametrize(("server_kwargs", "flags"), [({"status": 404, "body": "Not Found"}, "HTTP 404"),
                                                       ({"api_key": "other"}, "HTTP 401")])  # pragma: allowlist secret
 def test_refused_metrics_name_the_flags_that_fix_it(metrics_server, server_kwargs, flags):
     server = metrics_server(metrics=VllmMetrics(), **server_kwargs)
-    scraper = Scraper(server.url, interval_s=0.05)
-    scraper.start()
-    try:
-        scraper.begin_level()
-        scraper.end_level()
-    finally:
-        scraper.close()
-    assert flags in scraper.problem and "--metrics-url" in scraper.problem and "--no-server-metrics" in scraper.problem
+    problem = problem_after_one_level(server.url)
+    assert flags in problem and "--metrics-url" in problem and "--no-server-metrics" in problem
 
 
 def _cfg(tmp_path, **kwargs):
