@@ -31,6 +31,19 @@ def dummy_aws_credentials() -> Iterator[None]:
             os.environ[key] = value
 
 
+@pytest.fixture
+def no_aws_credentials(monkeypatch, tmp_path) -> None:
+    """No AWS credentials anywhere botocore looks (environment, shared files, web identity, container and instance
+    metadata): for the errors that must say how to give them."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 @dataclass
 class RunningGateway:
     url: str  # the OpenAI base URL, ending in /v1

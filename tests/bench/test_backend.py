@@ -455,14 +455,7 @@ def test_a_sigv4_signed_request_verifies_at_the_server_with_its_body_and_headers
     assert signature == sigv4_signature("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "eu-west-1", head, body)
 
 
-def test_sigv4_without_credentials_says_how_to_give_them(monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                 "AWS_CONTAINER_CREDENTIALS_FULL_URI"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def test_sigv4_without_credentials_says_how_to_give_them(no_aws_credentials):
     with pytest.raises(ValueError) as refused:
         SigV4Signer("eu-west-1")
     assert all(name in str(refused.value) for name in ("--sigv4", "AWS_PROFILE", "AWS_ACCESS_KEY_ID"))

@@ -363,12 +363,7 @@ def test_sagemaker_reader_names_a_missing_variant():
             SageMakerCapacity("llm-endpoint", "primary", client=client).read()
 
 
-def test_sagemaker_reader_without_credentials_says_what_to_set(monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def test_sagemaker_reader_without_credentials_says_what_to_set(no_aws_credentials):
     reader = SageMakerCapacity("llm-endpoint", "primary", region="us-east-1")
     with pytest.raises(CapacityUnavailable, match="no AWS credentials for DescribeEndpoint: set AWS_PROFILE"):
         reader.read()

@@ -177,17 +177,13 @@ def test_profile_flags_make_the_config():
 
 
 @pytest.mark.time_limit(20)
-def test_stack_capacity_without_credentials_is_a_note_not_a_failure(tmp_path, monkeypatch, mock_server, capsys):
+def test_stack_capacity_without_credentials_is_a_note_not_a_failure(tmp_path, monkeypatch, mock_server, capsys,
+                                                                     no_aws_credentials):
     import json
 
     import bench
     from tests.bench.test_cli import fake_pulumi
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     server = mock_server()
     outputs = {"url": server.url, "pricePerHour": 1.515, "capacity": {
         "kind": "sagemaker", "endpointName": "llm-ep", "variantName": "AllTraffic", "region": "us-east-1"}}

@@ -682,12 +682,7 @@ def test_the_worker_builds_its_client_from_the_config(tmp_path, monkeypatch):
     assert signed.signer._auth._region_name == "eu-west-1"
 
 
-def test_sigv4_without_credentials_is_a_start_error_that_says_so(tmp_path, monkeypatch):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def test_sigv4_without_credentials_is_a_start_error_that_says_so(tmp_path, no_aws_credentials):
     pool = WorkerPool(0, config("http://127.0.0.1:9", tmp_path, sigv4={"region": "eu-west-1"}).worker_config("t"))
     try:
         with pytest.raises(WorkerError, match="--sigv4: no AWS credentials found"):
