@@ -588,7 +588,7 @@ def build_plan(
 ) -> Plan:
     plan = Plan(spec, engine, efficiency, list(workloads))
     for inst in instances:
-        region = (regions or {}).get(inst.cloud) or (regions or {}).get("*")
+        region = _region_for(regions, inst.cloud)
         try:
             price: float | None = catalog.hourly_price(
                 inst.name, region, overrides=price_overrides, prices_file=prices_file
@@ -714,6 +714,12 @@ def _instances(selected: Sequence[str] | None) -> list[Instance]:
     return out
 
 
+def _region_for(regions: Mapping[str, str] | None, cloud: str | None) -> str | None:
+    """The --region an instance of `cloud` is priced in: its cloud's own (`aws=eu-west-1`), else the unqualified one."""
+    regions = regions or {}
+    return (regions.get(cloud) if cloud else None) or regions.get("*")
+
+
 def _regions(values: Sequence[str]) -> dict[str, str]:
     regions: dict[str, str] = {}
     for value in values:
@@ -788,9 +794,8 @@ def _plan_from_results(args: argparse.Namespace, api: Any) -> int:
     for pair in args.price:
         overrides.update(catalog.parse_price_pairs(pair))
     regions = _regions(args.region)
-    # `--region aws=eu-west-1` names the instance's cloud (a type the catalog lacks has none: only `*` applies)
-    known = catalog.INSTANCES.get(names[0]) if names else None
-    region = (regions.get(known.cloud) if known else None) or regions.get("*")
+    known = catalog.INSTANCES.get(names[0]) if names else None  # a type the catalog lacks has no cloud: `*` only
+    region = _region_for(regions, known.cloud if known else None)
     name, result = breakeven.from_results(
         args.from_results, instance=names[0] if names else None, price_overrides=overrides, api=api,
         utilization=args.utilization, region=region, prices_file=args.prices_file,
